@@ -1,0 +1,1 @@
+"""Pure, jittable detection maths: boxes, IoU, coders, anchors, matching, losses, NMS, RoI ops."""
