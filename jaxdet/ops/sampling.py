@@ -1,0 +1,46 @@
+"""Fixed-size balanced sampling of foreground and background anchors / RoIs for the loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.ops.matching import BACKGROUND, FOREGROUND
+
+
+def _random_subset(candidates: jax.Array, count: jax.Array, key: jax.Array) -> jax.Array:
+  """bool `[N]`: `count` entries of `candidates` chosen uniformly at random without replacement."""
+  priority = jnp.where(candidates, jax.random.uniform(key, candidates.shape), -1.0)
+  order = jnp.argsort(-priority)
+  rank = jnp.zeros(candidates.shape, jnp.int32).at[order].set(jnp.arange(candidates.shape[0], dtype=jnp.int32))
+  return candidates & (rank < count)
+
+
+def sample_balanced(labels: jax.Array, *, key: jax.Array, num_samples: int,
+                    positive_fraction: float) -> jax.Array:
+  """Returns bool `[N]`: at most `num_samples` entries with at most `positive_fraction` of them foreground.
+
+  Foreground (label 1) entries are drawn uniformly up to floor(num_samples * positive_fraction); the rest of the
+  budget goes to background (label 0), also uniformly; ignored entries (-1) are never drawn. When there are too
+  few foreground entries the background fills the remainder, as torchvision's
+  `BalancedPositiveNegativeSampler`. Jittable: fixed shapes, randomness from `key`.
+
+  Presets: RPN 256 anchors at 0.5 (Faster R-CNN); Fast R-CNN 128 RoIs at 0.25 (the course: 64 per image x 2).
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  pos = labels == FOREGROUND
+  neg = labels == BACKGROUND
+  num_pos = jnp.minimum(pos.sum(), int(num_samples * positive_fraction))
+  num_neg = jnp.minimum(neg.sum(), num_samples - num_pos)
+  key_pos, key_neg = jax.random.split(key)
+  return _random_subset(pos, num_pos, key_pos) | _random_subset(neg, num_neg, key_neg)
+
+
+def sample_rpn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
+  """RPN minibatch: 256 anchors, up to half foreground."""
+  return sample_balanced(labels, key=key, num_samples=256, positive_fraction=0.5)
+
+
+def sample_fast_rcnn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
+  """Fast R-CNN minibatch per image: 128 RoIs, up to a quarter foreground."""
+  return sample_balanced(labels, key=key, num_samples=128, positive_fraction=0.25)
