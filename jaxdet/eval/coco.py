@@ -1,0 +1,258 @@
+"""COCO bbox evaluation equal to pycocotools' `COCOeval(gt, dt, "bbox")`, vectorised in NumPy.
+
+`evaluate_coco` reproduces `evaluate()` + `accumulate()` + `summarize()`: per (image, category) greedy matching at
+IoU 0.50:0.05:0.95 (crowd regions matchable many times, IoU over the detection's area for them), ground truth
+ignored outside each area range by its `area` field (bounds inclusive), unmatched detections outside the range
+ignored, at most 100 detections per image and category by score (stable order), 101-point interpolated precision.
+
+Differences from pycocotools, all on input it would mishandle: detections with unknown image or category ids,
+non-finite or non-positive boxes or scores, and duplicate or zero annotation ids raise a `ValueError` naming the
+entry (pycocotools asserts, silently drops, or — for annotation id 0 — miscounts the match as a false positive).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxdet.eval.matching import match_groups
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+MAX_DETS = (1, 10, 100)
+AREA_RANGES = {"all": (0.0, 1e5**2), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2),
+               "large": (96.0**2, 1e5**2)}
+STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoEvalResult:
+  """Everything `COCOeval.accumulate()` computes, plus the summary.
+
+  Attributes:
+    stats: the 12 summary numbers by name (`STAT_KEYS`), -1 where undefined.
+    precision: `[T=10, R=101, K, A=4, M=3]` interpolated precision, -1 where a category has no ground truth.
+    recall: `[T, K, A, M]` final recall.
+    scores: `[T, R, K, A, M]` the score at which each recall threshold is reached (0 beyond the last detection).
+    category_ids: `[K]` the dataset category ids, sorted (axis K).
+    per_category_ap: dataset category id -> AP@[.5:.95] (area all, 100 detections), -1 when undefined.
+    category_names: dataset category id -> name.
+  """
+
+  stats: dict[str, float]
+  precision: np.ndarray
+  recall: np.ndarray
+  scores: np.ndarray
+  category_ids: np.ndarray
+  per_category_ap: dict[int, float]
+  category_names: dict[int, str]
+
+
+def _require(entry: Mapping[str, Any], fields: Sequence[str], what: str) -> None:
+  missing = [f for f in fields if f not in entry]
+  if missing:
+    raise ValueError(f"{what} is missing field(s) {missing}: {dict(entry)}")
+
+
+def parse_ground_truth(ground_truth: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Returns COCO ground truth as arrays: image / category ids, boxes, areas, crowd flags, annotation ids."""
+  for key in ("images", "annotations", "categories"):
+    if key not in ground_truth:
+      raise ValueError(f"ground truth has no {key!r} list (keys: {sorted(ground_truth)})")
+  image_ids = np.array(sorted({int(im["id"]) for im in ground_truth["images"]}), np.int64)
+  cats = ground_truth["categories"]
+  category_ids = np.array(sorted({int(c["id"]) for c in cats}), np.int64)
+  anns = ground_truth["annotations"]
+  for i, a in enumerate(anns):
+    _require(a, ("id", "image_id", "category_id", "bbox", "area"), f"ground-truth annotation #{i}")
+  ann_ids = np.array([int(a["id"]) for a in anns], np.int64)
+  if len(np.unique(ann_ids)) != len(ann_ids):
+    values, counts = np.unique(ann_ids, return_counts=True)
+    raise ValueError(f"ground-truth annotation ids are not unique: {values[counts > 1][:10].tolist()}")
+  if np.any(ann_ids == 0):
+    raise ValueError("ground-truth annotation id 0 is not allowed: pycocotools treats a match to id 0 as no match")
+  boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+  out = {
+      "image_ids": image_ids,
+      "category_ids": category_ids,
+      "category_names": {int(c["id"]): str(c.get("name", c["id"])) for c in cats},
+      "ann_ids": ann_ids,
+      "image_id": np.array([int(a["image_id"]) for a in anns], np.int64),
+      "category_id": np.array([int(a["category_id"]) for a in anns], np.int64),
+      "boxes": boxes,
+      "area": np.array([float(a["area"]) for a in anns], np.float64),
+      "crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+      "difficult": np.array([bool(a.get("difficult", 0)) for a in anns], bool),
+  }
+  for name, ids, known in (("image_id", out["image_id"], image_ids), ("category_id", out["category_id"], category_ids)):
+    unknown = ~np.isin(ids, known)
+    if unknown.any():
+      k = int(np.argmax(unknown))
+      raise ValueError(f"ground-truth annotation id {ann_ids[k]} has {name} {ids[k]} not in the ground truth's "
+                       f"{'images' if name == 'image_id' else 'categories'}")
+  return out
+
+
+def parse_detections(detections: Sequence[Mapping[str, Any]], gt: Mapping[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+  """Returns a COCO results list as validated arrays (image / category ids, xywh boxes, scores, areas)."""
+  for i, d in enumerate(detections):
+    _require(d, ("image_id", "category_id", "bbox", "score"), f"detection #{i}")
+  boxes = np.array([d["bbox"] for d in detections], np.float64).reshape(-1, 4)
+  if boxes.shape[0] != len(detections):
+    raise ValueError("every detection's bbox must be [x, y, w, h]")
+  scores = np.array([d["score"] for d in detections], np.float64)
+  image_id = np.array([int(d["image_id"]) for d in detections], np.int64)
+  category_id = np.array([int(d["category_id"]) for d in detections], np.int64)
+  checks = (
+      (~np.isin(image_id, gt["image_ids"]), "has an image_id that is not in the ground truth"),
+      (~np.isin(category_id, gt["category_ids"]), "has a category_id that is not in the ground truth"),
+      (~np.all(np.isfinite(boxes), axis=1), "has a non-finite bbox"),
+      ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0), "has a bbox with w or h <= 0"),
+      (~np.isfinite(scores), "has a non-finite score"),
+  )
+  for bad, message in checks:
+    if bad.any():
+      k = int(np.argmax(bad))
+      raise ValueError(f"detection #{k} {message}: {dict(detections[k])}")
+  return {"image_id": image_id, "category_id": category_id, "boxes": boxes, "scores": scores,
+          "area": boxes[:, 2] * boxes[:, 3]}
+
+
+def _accumulate_category(scores, matched, ignored, det_rank, npig):
+  """Precision `[S, T, R]`, recall `[S, T]` and scores `[S, T, R]` for one category's detections.
+
+  `scores`, `det_rank`: `[N]` in pycocotools' concatenation order; `matched`, `ignored`: `[S, T, N]`;
+  `npig`: `[S]` number of non-ignored ground truth under each setting (area range).
+  """
+  num_s, num_t = matched.shape[:2]
+  num_r = len(RECALL_THRESHOLDS)
+  precision = np.full((num_s, num_t, num_r, len(MAX_DETS)), -1.0)
+  recall = np.full((num_s, num_t, len(MAX_DETS)), -1.0)
+  score_at = np.full((num_s, num_t, num_r, len(MAX_DETS)), -1.0)
+  for mi, max_det in enumerate(MAX_DETS):
+    keep = det_rank < max_det
+    order = np.argsort(-scores[keep], kind="mergesort")
+    sorted_scores = scores[keep][order]
+    dtm = matched[:, :, keep][:, :, order]
+    dtig = ignored[:, :, keep][:, :, order]
+    tp = np.cumsum(dtm & ~dtig, axis=-1, dtype=np.float64)
+    fp = np.cumsum(~dtm & ~dtig, axis=-1, dtype=np.float64)
+    nd = tp.shape[-1]
+    for s in range(num_s):
+      if npig[s] == 0:
+        continue
+      rc = tp[s] / npig[s]
+      pr = tp[s] / (fp[s] + tp[s] + np.spacing(1))
+      recall[s, :, mi] = rc[:, -1] if nd else 0.0
+      # Precision envelope: make it monotonically non-increasing from the right.
+      pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+      q = np.zeros((num_t, num_r))
+      ss = np.zeros((num_t, num_r))
+      for t in range(num_t):
+        inds = np.searchsorted(rc[t], RECALL_THRESHOLDS, side="left")
+        inside = inds < nd
+        q[t, inside] = pr[t, inds[inside]]
+        ss[t, inside] = sorted_scores[inds[inside]]
+      precision[s, :, :, mi] = q
+      score_at[s, :, :, mi] = ss
+  return precision, recall, score_at
+
+
+def evaluate_coco(ground_truth: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> CocoEvalResult:
+  """Returns the full COCO bbox evaluation (`CocoEvalResult`) of a results list against a ground-truth dict.
+
+  Args:
+    ground_truth: COCO-format dict with `images`, `annotations` (`id, image_id, category_id, bbox [x, y, w, h],
+      area, iscrowd`) and `categories`.
+    detections: COCO results list of dicts `image_id, category_id, bbox [x, y, w, h], score`.
+  """
+  gt = parse_ground_truth(ground_truth)
+  dt = parse_detections(detections, gt)
+  img_pos = {int(i): k for k, i in enumerate(gt["image_ids"])}
+  cat_pos = {int(c): k for k, c in enumerate(gt["category_ids"])}
+  num_img, num_cat = len(gt["image_ids"]), len(gt["category_ids"])
+  gt_img = np.array([img_pos[i] for i in gt["image_id"].tolist()], np.int64)
+  gt_cat = np.array([cat_pos[c] for c in gt["category_id"].tolist()], np.int64)
+  dt_img = np.array([img_pos[i] for i in dt["image_id"].tolist()], np.int64)
+  dt_cat = np.array([cat_pos[c] for c in dt["category_id"].tolist()], np.int64)
+
+  ranges = np.array(list(AREA_RANGES.values()))
+  gt_ignore = gt["crowd"][None] | (gt["area"][None] < ranges[:, :1]) | (gt["area"][None] > ranges[:, 1:])
+  matches = match_groups(det_group=dt_cat * num_img + dt_img, det_boxes=dt["boxes"], det_scores=dt["scores"],
+                         gt_group=gt_cat * num_img + gt_img, gt_boxes=gt["boxes"], gt_crowd=gt["crowd"],
+                         gt_ignore=gt_ignore, iou_thresholds=IOU_THRESHOLDS, max_dets=MAX_DETS[-1], rule="coco")
+  det_out = (dt["area"][None] < ranges[:, :1]) | (dt["area"][None] > ranges[:, 1:])  # [A, N]
+  ignored = matches.ignored | (~matches.matched & det_out[:, None, :])
+
+  num_t, num_r, num_a, num_m = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)
+  precision = -np.ones((num_t, num_r, num_cat, num_a, num_m))
+  recall = -np.ones((num_t, num_cat, num_a, num_m))
+  scores = -np.ones((num_t, num_r, num_cat, num_a, num_m))
+  kept = matches.rank < MAX_DETS[-1]
+  # pycocotools concatenates each image's score-sorted detections in image-id order, then stable-sorts by score.
+  order = np.lexsort((matches.rank, dt_img, dt_cat))
+  order = order[kept[order]]
+  bounds = np.searchsorted(dt_cat[order], np.arange(num_cat + 1))
+  npig_all = np.stack([np.bincount(gt_cat[~gi], minlength=num_cat) for gi in gt_ignore])  # [A, K]
+  for k in range(num_cat):
+    if not npig_all[:, k].any():
+      continue
+    sel = order[bounds[k]:bounds[k + 1]]
+    p, r, s = _accumulate_category(dt["scores"][sel], matches.matched[:, :, sel], ignored[:, :, sel],
+                                   matches.rank[sel], npig_all[:, k])
+    precision[:, :, k] = p.transpose(1, 2, 0, 3)
+    recall[:, k] = r.transpose(1, 0, 2)
+    scores[:, :, k] = s.transpose(1, 2, 0, 3)
+
+  stats = summarize(precision, recall)
+  per_cat = {int(c): _mean_defined(precision[:, :, k, 0, -1]) for k, c in enumerate(gt["category_ids"])}
+  return CocoEvalResult(stats=stats, precision=precision, recall=recall, scores=scores,
+                        category_ids=gt["category_ids"], per_category_ap=per_cat,
+                        category_names=gt["category_names"])
+
+
+def _mean_defined(x: np.ndarray) -> float:
+  defined = x[x > -1]
+  return float(np.mean(defined)) if defined.size else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+  """Returns the 12 `COCOeval.summarize()` numbers from accumulated precision `[T,R,K,A,M]` / recall `[T,K,A,M]`."""
+  area_index = {name: i for i, name in enumerate(AREA_RANGES)}
+  last = len(MAX_DETS) - 1
+
+  def ap(t=None, area="all"):
+    p = precision[:, :, :, area_index[area], last]
+    return _mean_defined(p if t is None else p[t])
+
+  def ar(m, area="all"):
+    return _mean_defined(recall[:, :, area_index[area], m])
+
+  return {"AP": ap(), "AP50": ap(0), "AP75": ap(5), "APs": ap(area="small"), "APm": ap(area="medium"),
+          "APl": ap(area="large"), "AR1": ar(0), "AR10": ar(1), "AR100": ar(last), "ARs": ar(last, "small"),
+          "ARm": ar(last, "medium"), "ARl": ar(last, "large")}
+
+
+def coco_evaluate(ground_truth: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  """Returns `{AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl}` equal to pycocotools' stats."""
+  return evaluate_coco(ground_truth, detections).stats
+
+
+def format_summary(stats: Mapping[str, float]) -> str:
+  """Returns the 12 stats in pycocotools' `summarize()` layout."""
+  rows = (("Average Precision", "AP", "0.50:0.95", "all", 100), ("Average Precision", "AP50", "0.50", "all", 100),
+          ("Average Precision", "AP75", "0.75", "all", 100), ("Average Precision", "APs", "0.50:0.95", "small", 100),
+          ("Average Precision", "APm", "0.50:0.95", "medium", 100),
+          ("Average Precision", "APl", "0.50:0.95", "large", 100),
+          ("Average Recall", "AR1", "0.50:0.95", "all", 1), ("Average Recall", "AR10", "0.50:0.95", "all", 10),
+          ("Average Recall", "AR100", "0.50:0.95", "all", 100), ("Average Recall", "ARs", "0.50:0.95", "small", 100),
+          ("Average Recall", "ARm", "0.50:0.95", "medium", 100), ("Average Recall", "ARl", "0.50:0.95", "large", 100))
+  lines = []
+  for title, key, iou, area, max_det in rows:
+    short = "(AP)" if title.endswith("Precision") else "(AR)"
+    lines.append(f" {title:<18} {short} @[ IoU={iou:<9} | area={area:>6} | maxDets={max_det:>3} ] = "
+                 f"{stats[key]:0.3f}")
+  return "\n".join(lines)
