@@ -19,3 +19,8 @@ from jaxdet.ops.losses import (centerness_target, ciou_loss, diou_loss, giou_los
 from jaxdet.ops.matching import (BACKGROUND, FOREGROUND, IGNORE, MatchResult, match_boxes, match_fast_rcnn,
                                  match_rpn)
 from jaxdet.ops.sampling import sample_balanced, sample_fast_rcnn, sample_rpn
+from jaxdet.ops.nms import batched_nms, nms
+from jaxdet.ops.soft_nms import soft_nms
+from jaxdet.ops.softer_nms import variance_voting
+from jaxdet.ops.iou_guided_nms import iou_guided_nms
+from jaxdet.ops.peaks import heatmap_peaks, local_maxima
