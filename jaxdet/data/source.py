@@ -117,3 +117,21 @@ class DetectionSource(abc.ABC):
                             "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd)})
     categories = [{"id": int(c), "name": n} for c, n in zip(self.category_ids, self.class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+class ListSource(DetectionSource):
+  """A source over examples already in memory (tests, small user data sets, generated scenes)."""
+
+  def __init__(self, examples: Sequence[Example], class_names: Sequence[str]):
+    self._examples = list(examples)
+    self._class_names = list(class_names)
+
+  def __len__(self) -> int:
+    return len(self._examples)
+
+  def __getitem__(self, index: int) -> Example:
+    return {k: np.copy(v) for k, v in self._examples[index].items()}
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self._class_names
