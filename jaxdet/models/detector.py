@@ -43,12 +43,16 @@ class Detector:
     assign: `assign(batch) -> targets`, a pure jittable function of the padded ground truth in
       `batch` (`boxes [B, M, 4]`, `labels [B, M]`, `valid [B, M]`, `crowd [B, M]`, `image [B, H, W, 3]`).
     loss: `loss(outputs, targets) -> (scalar, metrics)` where metrics is a dict of scalars.
-    postprocess: `postprocess(outputs) -> Detections` with a fixed number of slots per image.
+    postprocess: `postprocess(outputs, image_shape=None) -> Detections` with a fixed number of slots per image;
+      boxes are clipped to `image_shape` (h, w) when given.
     num_classes: number of foreground classes.
+    merge_flipped: optional `merge_flipped(outputs, flipped_outputs) -> outputs` for flip testing: combines the
+      outputs of the images and of their horizontal mirrors into outputs `postprocess` reads.
   """
 
   module: nn.Module
   assign: Callable[[Batch], Any]
   loss: Callable[[Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
-  postprocess: Callable[[Any], Detections]
+  postprocess: Callable[..., Detections]
   num_classes: int
+  merge_flipped: Callable[[Any, Any], Any] | None = None

@@ -1,0 +1,83 @@
+"""The train state and the pure train / predict steps every detector shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdet.models.detector import Detections, Detector
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: a pytree, checkpointed as a whole.
+
+  Attributes:
+    step: int32 scalar, optimizer steps taken.
+    params: Flax parameters (float32, also under bfloat16 compute).
+    batch_stats: batch-norm running statistics.
+    opt_state: optax state.
+    key: raw uint32 `[2]` PRNG key; the step's randomness is `fold_in(key, step)`, so a resumed run draws the same.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  key: jax.Array
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(detector: Detector, tx: optax.GradientTransformation, *, image_shape: tuple[int, int],
+                       seed: int) -> TrainState:
+  """Returns a freshly initialised state for images of `image_shape` (h, w) (any size works afterwards)."""
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+  images = jnp.zeros((1, *image_shape, 3), jnp.uint8)
+  variables = jax.jit(lambda k: detector.module.init(k, images, train=False))(init_key)
+  params = variables["params"]
+  return TrainState(step=jnp.int32(0), params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), key=state_key)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Detector,
+               tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Returns the state after one optimizer step on `batch`, and the step's metrics (loss terms, lr, grad norm).
+
+  Targets are assigned on device from the padded ground truth; `batch["image"]` is `[B, H, W, 3]` uint8.
+  """
+  targets = detector.assign(batch)
+  dropout_key = jax.random.fold_in(state.key, state.step)
+
+  def loss_fn(params):
+    outputs, updates = detector.module.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                             train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    loss, metrics = detector.loss(outputs, targets)
+    return loss, (metrics, updates["batch_stats"])
+
+  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def predict_step(variables: dict[str, Any], images: jax.Array, *, detector: Detector,
+                 flip_test: bool = False) -> Detections:
+  """Returns fixed-size `Detections` for `images [B, H, W, 3]`, boxes in input pixels clipped to the image.
+
+  With `flip_test`, the detector's `merge_flipped` combines the outputs of the images and of their mirrors.
+  """
+  outputs = detector.module.apply(variables, images, train=False)
+  if flip_test:
+    if detector.merge_flipped is None:
+      raise ValueError("flip_test is on but this detector defines no merge_flipped")
+    flipped = detector.module.apply(variables, images[:, :, ::-1, :], train=False)
+    outputs = detector.merge_flipped(outputs, flipped)
+  return detector.postprocess(outputs, image_shape=images.shape[1:3])
