@@ -57,6 +57,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 def to_host(tree: Any) -> Any:
   """Returns NumPy copies of (possibly multi-host sharded) arrays, complete on every process."""
-  if jax.process_count() == 1:
+  if all(getattr(x, "is_fully_addressable", True) or getattr(x, "is_fully_replicated", False)
+         for x in jax.tree.leaves(tree)):
     return jax.tree.map(np.asarray, tree)
   return multihost_utils.process_allgather(tree, tiled=True)

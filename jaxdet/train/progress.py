@@ -21,16 +21,21 @@ class Progress:
                           disable=not enabled, file=sys.stderr, mininterval=1.0, smoothing=0.1)
     self._last_time = time.perf_counter()
     self._images = 0
+    self.images_per_second = 0.0
+
+  def restart_rate(self) -> None:
+    """Starts measuring images per second afresh (e.g. after the first step, which includes compilation)."""
+    self._last_time, self._images = time.perf_counter(), 0
 
   def update(self, step: int, *, images: int, metrics: Mapping[str, float] | None = None) -> None:
     self._images += images
     self._bar.update(step - self._bar.n)
     if metrics is not None:
       now = time.perf_counter()
-      rate = self._images / max(now - self._last_time, 1e-9)
+      self.images_per_second = self._images / max(now - self._last_time, 1e-9)
       self._last_time, self._images = now, 0
       postfix = {k: f"{float(v):.4f}" for k, v in metrics.items() if k in ("loss",)}
-      self._bar.set_postfix(postfix | {"img/s": f"{rate:.1f}"}, refresh=False)
+      self._bar.set_postfix(postfix | {"img/s": f"{self.images_per_second:.1f}"}, refresh=False)
 
   def write(self, message: str) -> None:
     """Prints a line above the bar."""

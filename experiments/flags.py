@@ -1,0 +1,24 @@
+"""Flags shared by train.py, eval.py and predict.py: the config file, the work directory, multi-host set-up."""
+
+from __future__ import annotations
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/NAME.py).",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                  "host:port of process 0, for multi-host runs (jax.distributed).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+  """Joins the multi-host run when --coordinator_address is given (else, on a cluster jax detects, nothing)."""
+  if COORDINATOR.value:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
+                               process_id=PROCESS_ID.value)

@@ -1,0 +1,40 @@
+"""Trains a detector and evaluates it on the validation split; resumes from the newest checkpoint in --workdir.
+
+  python experiments/train.py --config=experiments/configs/centernet_shapes.py --workdir=runs/centernet_shapes \
+      [--config.total_steps=...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import app, logging  # noqa: E402
+
+from experiments import flags as jflags  # noqa: E402
+from jaxdet.eval import format_summary  # noqa: E402
+from jaxdet.train.loop import train_and_evaluate  # noqa: E402
+
+
+def main(argv):
+  del argv
+  jflags.initialize_distributed()
+  config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
+  logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=1))
+  metrics = train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    print(f"\nfinal validation metrics ({config.data.eval_split}):")
+    print(format_summary(metrics))
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+
+
+if __name__ == "__main__":
+  app.run(main)

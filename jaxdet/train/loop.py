@@ -1,0 +1,135 @@
+"""The training loop: data-parallel steps, periodic evaluation, checkpoints, metrics, progress, resume.
+
+One function, readable top to bottom (big_vision / Flax-examples style): build the detector, data and optimiser
+from the config; restore the newest checkpoint in the work directory (state and loader position) or start fresh;
+step; every `log_every` steps write metrics, every `eval_every` steps evaluate on the validation split and save
+a checkpoint ranked by AP, every `checkpoint_every` steps save one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxdet.eval import format_summary
+from jaxdet.models import build_detector
+from jaxdet.models.detector import Detector
+from jaxdet.train import inputs
+from jaxdet.train.checkpoint import Checkpointer
+from jaxdet.train.evaluate import evaluate_split, make_predict_fn, write_evaluation
+from jaxdet.train.optim import make_optimizer
+from jaxdet.train.parallel import make_mesh, replicate, replicated, shard_batch, to_host
+from jaxdet.train.progress import Progress
+from jaxdet.train.state import TrainState, create_train_state, train_step
+from jaxdet.train.writers import MetricWriter
+
+MODEL_KEYS = ("image", "boxes", "labels", "valid", "crowd")
+
+
+def build_model(config: Any, num_classes: int) -> Detector:
+  """Returns the detector named by `config.model.name`, with the rest of `config.model` as its options."""
+  options = dict(config.model)
+  return build_detector(options.pop("name"), num_classes=num_classes, **options)
+
+
+def initial_state(config: Any, detector: Detector):
+  """Returns `(state, tx, schedule)`: a fresh train state and the optimiser it was built with."""
+  tx, schedule = make_optimizer(config.optim, config.total_steps)
+  size = config.data.image_size
+  shape = (size, size) if isinstance(size, int) else tuple(size)
+  return create_train_state(detector, tx, image_shape=shape, seed=config.seed), tx, schedule
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final validation metrics."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  train_source = inputs.build_source(config, config.data.train_split)
+  eval_source = inputs.build_source(config, config.data.eval_split)
+  detector = build_model(config, train_source.num_classes)
+  state, tx, schedule = initial_state(config, detector)
+  loader = inputs.train_loader(config, train_source)
+  batches = iter(loader)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.keep_checkpoints)
+  start = checkpointer.latest_step()
+  if start is not None:
+    state = checkpointer.restore(start, state, loader=batches)
+    logging.info("resumed from step %d in %s", start, workdir)
+  state = replicate(state, mesh)
+  step_fn = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0,
+                    out_shardings=(replicated(mesh), replicated(mesh)))
+  predict_fn = make_predict_fn(detector, flip_test=config.get("flip_test", False))
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = Progress(config.total_steps, initial=int(state.step), enabled=is_main)
+
+  def evaluate(state: TrainState, step: int) -> dict[str, float]:
+    # Every process holds every detection (gathered), so each computes the same metrics; process 0 writes them.
+    evaluator = evaluate_split(predict_fn, state.variables(), eval_source, inputs.eval_loader(config, eval_source),
+                               mesh, show_progress=False)
+    if not is_main:
+      return evaluator.evaluate()
+    metrics = write_evaluation(evaluator, workdir, config.data.eval_split, step=step)
+    progress.write(f"step {step}: validation ({config.data.eval_split})\n{evaluator.summary()}")
+    writer.write(step, metrics, prefix="val/")
+    return metrics
+
+  first = int(state.step)
+  final_metrics: dict[str, float] = {}
+  for step in range(first + 1, config.total_steps + 1):
+    batch = next(batches)
+    state, metrics = step_fn(state, shard_batch({k: batch[k] for k in MODEL_KEYS}, mesh))
+    num_images = batch["image"].shape[0] * jax.process_count()
+    if step % config.log_every == 0 or step == config.total_steps:
+      host = {k: float(v) for k, v in to_host(metrics).items()}
+      if not math.isfinite(host["loss"]):
+        checkpointer.wait()
+        raise FloatingPointError(f"loss is {host['loss']} at step {step}; the newest good checkpoint is step "
+                                 f"{checkpointer.latest_step()} in {workdir}")
+      progress.update(step, images=num_images, metrics=host)
+      writer.write(step, host | {"images_per_second": progress.images_per_second}, prefix="train/")
+    else:
+      progress.update(step, images=num_images)
+    if step == first + 1:
+      jax.block_until_ready(state)
+      progress.restart_rate()  # the first step's compilation is not training speed
+    if step % config.eval_every == 0 or step == config.total_steps:
+      final_metrics = evaluate(state, step)
+      checkpointer.save(step, state, loader=batches, metrics={"AP": final_metrics["AP"]}, force=True)
+    elif step % config.checkpoint_every == 0:
+      checkpointer.save(step, state, loader=batches)
+  if not final_metrics:  # resumed after the last step: evaluate what is there
+    final_metrics = evaluate(state, int(state.step))
+  checkpointer.wait()
+  checkpointer.close()
+  progress.close()
+  writer.close()
+  return final_metrics
+
+
+def restore_variables(config: Any, workdir: str, detector: Detector, *, which: str = "latest") -> tuple[Any, int]:
+  """Returns `(variables, step)` of a checkpoint in `workdir`: "latest", "best" (by AP) or a step number."""
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.keep_checkpoints,
+                              async_save=False)
+  if which == "latest":
+    step = checkpointer.latest_step()
+  elif which == "best":
+    step = checkpointer.best_step()
+  else:
+    step = int(which)
+    if step not in checkpointer.all_steps():
+      raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {checkpointer.all_steps()}")
+  if step is None:
+    raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  template, _, _ = initial_state(config, detector)
+  state = checkpointer.restore(step, template)
+  checkpointer.close()
+  return state.variables(), step
