@@ -10,8 +10,10 @@ def local_maxima(heatmap: jax.Array, *, kernel_size: int = 3) -> jax.Array:
   """Returns the `[H, W, C]` heatmap with every value that is not the maximum of its k x k window set to 0.
 
   CenterNet's NMS replacement: a value survives when it equals the max-pool of its neighbourhood (plateaus keep
-  every tied cell, as in the reference implementation).
+  every tied cell, as in the reference implementation). Non-finite values count as 0, so a NaN or inf cell
+  neither becomes a peak nor hides its neighbours.
   """
+  heatmap = jnp.where(jnp.isfinite(heatmap), heatmap, 0.0)
   pooled = jax.lax.reduce_window(heatmap, -jnp.inf, jax.lax.max, (kernel_size, kernel_size, 1), (1, 1, 1),
                                  "SAME")
   return jnp.where(heatmap == pooled, heatmap, 0.0)

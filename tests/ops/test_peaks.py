@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import numpy as np
@@ -44,3 +46,18 @@ def test_local_maxima_suppresses_neighbours_and_k_larger_than_map():
   chex.assert_shape(scores, (12,))
   assert float(scores[0]) == np.float32(0.9) and (int(ys[0]), int(xs[0])) == (1, 1)
   assert np.all(np.asarray(scores[1:]) == 0)
+
+
+class PeaksVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_non_finite_cells_are_neither_peaks_nor_hide_neighbours(self):
+    heat = np.zeros((5, 5, 2), np.float32)
+    heat[1, 1, 0], heat[1, 2, 0] = np.nan, 0.6  # NaN next to a real peak
+    heat[3, 3, 1], heat[3, 4, 1] = np.inf, 0.4
+    heat[0, 4, 1] = -np.inf
+    scores, classes, ys, xs = self.variant(functools.partial(heatmap_peaks, k=3))(heat)
+    chex.assert_shape([scores, classes, ys, xs], (3,))
+    np.testing.assert_allclose(np.asarray(scores), [0.6, 0.4, 0.0])
+    assert [(int(c), int(y), int(x)) for c, y, x in zip(classes[:2], ys[:2], xs[:2])] == [(0, 1, 2), (1, 3, 4)]
+    assert np.all(np.isfinite(np.asarray(self.variant(local_maxima)(heat))))
