@@ -1,6 +1,10 @@
 """Evaluate a COCO results json against a COCO-format ground truth.
 
-  python -m jaxdet.eval --ground-truth ann.json --detections results.json [--metric coco|voc] [--pr-curves pr.png]
+  python -m jaxdet.eval --ground-truth ann.json --detections results.json [--metric coco|voc|recall]
+      [--pr-curves pr.png] [--recall-curve recall.png] [--output metrics.json]
+
+coco: the 12 pycocotools numbers and per-category AP; voc: per-class AP@0.5 and mAP (area or 11-point); recall:
+class-agnostic proposal recall AR@1/10/100/1000. Bad input exits with status 1 and names the offending entry.
 """
 
 from __future__ import annotations
@@ -10,17 +14,21 @@ import json
 import sys
 
 from jaxdet.eval.coco import evaluate_coco, format_summary
-from jaxdet.eval.plots import plot_pr_curves
+from jaxdet.eval.plots import plot_pr_curves, plot_recall_vs_iou
+from jaxdet.eval.recall import proposal_recall
 from jaxdet.eval.voc import voc_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxdet.eval", description=__doc__.split("\n")[1])
+  """Returns the exit status: 0 done, 1 bad input (the message names the entry), 2 unreadable file."""
+  parser = argparse.ArgumentParser(prog="python -m jaxdet.eval", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--ground-truth", required=True, help="COCO-format ground-truth json")
   parser.add_argument("--detections", required=True, help="COCO results json (image_id, category_id, bbox, score)")
-  parser.add_argument("--metric", choices=("coco", "voc"), default="coco")
+  parser.add_argument("--metric", choices=("coco", "voc", "recall"), default="coco")
   parser.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP (with --metric voc)")
   parser.add_argument("--pr-curves", help="write precision/recall curves at IoU 0.5 to this PNG (coco)")
+  parser.add_argument("--recall-curve", help="write recall vs IoU per proposal budget to this PNG (recall)")
   parser.add_argument("--output", help="write the metrics to this json")
   args = parser.parse_args(argv)
   try:
@@ -39,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
       metrics.update({f"AP/{result.category_names[c]}": ap for c, ap in result.per_category_ap.items()})
       if args.pr_curves:
         plot_pr_curves(result, args.pr_curves)
+    elif args.metric == "recall":
+      recall = proposal_recall(ground_truth, detections)
+      metrics = {key: value for key, value in recall.items() if key.startswith("AR@")}
+      for key, value in metrics.items():
+        print(f"  {key:<8} {value:0.4f}  (class-agnostic, IoU 0.50:0.95)")
+      if args.recall_curve:
+        plot_recall_vs_iou(recall, args.recall_curve)
     else:
       voc = voc_evaluate(ground_truth, detections, use_07_metric=args.use_07_metric)
       names = {int(c["id"]): c.get("name", str(c["id"])) for c in ground_truth["categories"]}

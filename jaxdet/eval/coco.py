@@ -5,9 +5,11 @@ IoU 0.50:0.05:0.95 (crowd regions matchable many times, IoU over the detection's
 ignored outside each area range by its `area` field (bounds inclusive), unmatched detections outside the range
 ignored, at most 100 detections per image and category by score (stable order), 101-point interpolated precision.
 
-Differences from pycocotools, all on input it would mishandle: detections with unknown image or category ids,
-non-finite or non-positive boxes or scores, and duplicate or zero annotation ids raise a `ValueError` naming the
-entry (pycocotools asserts, silently drops, or — for annotation id 0 — miscounts the match as a false positive).
+Differences from pycocotools, all on input it would mishandle (`jaxdet.eval.inputs` lists the checks): detections
+with unknown image or category ids, non-finite or non-positive boxes or non-finite scores, missing fields, and
+duplicate or zero annotation ids raise a `ValueError` naming the entry (pycocotools asserts, crashes with a
+`KeyError`, silently drops the detection, or — for annotation id 0 — miscounts the match as a false positive).
+A missing `iscrowd` reads as 0 (pycocotools needs the field).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdet.eval.inputs import parse_detections, parse_ground_truth
 from jaxdet.eval.matching import match_groups
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -48,77 +51,6 @@ class CocoEvalResult:
   category_ids: np.ndarray
   per_category_ap: dict[int, float]
   category_names: dict[int, str]
-
-
-def _require(entry: Mapping[str, Any], fields: Sequence[str], what: str) -> None:
-  missing = [f for f in fields if f not in entry]
-  if missing:
-    raise ValueError(f"{what} is missing field(s) {missing}: {dict(entry)}")
-
-
-def parse_ground_truth(ground_truth: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Returns COCO ground truth as arrays: image / category ids, boxes, areas, crowd flags, annotation ids."""
-  for key in ("images", "annotations", "categories"):
-    if key not in ground_truth:
-      raise ValueError(f"ground truth has no {key!r} list (keys: {sorted(ground_truth)})")
-  image_ids = np.array(sorted({int(im["id"]) for im in ground_truth["images"]}), np.int64)
-  cats = ground_truth["categories"]
-  category_ids = np.array(sorted({int(c["id"]) for c in cats}), np.int64)
-  anns = ground_truth["annotations"]
-  for i, a in enumerate(anns):
-    _require(a, ("id", "image_id", "category_id", "bbox", "area"), f"ground-truth annotation #{i}")
-  ann_ids = np.array([int(a["id"]) for a in anns], np.int64)
-  if len(np.unique(ann_ids)) != len(ann_ids):
-    values, counts = np.unique(ann_ids, return_counts=True)
-    raise ValueError(f"ground-truth annotation ids are not unique: {values[counts > 1][:10].tolist()}")
-  if np.any(ann_ids == 0):
-    raise ValueError("ground-truth annotation id 0 is not allowed: pycocotools treats a match to id 0 as no match")
-  boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
-  out = {
-      "image_ids": image_ids,
-      "category_ids": category_ids,
-      "category_names": {int(c["id"]): str(c.get("name", c["id"])) for c in cats},
-      "ann_ids": ann_ids,
-      "image_id": np.array([int(a["image_id"]) for a in anns], np.int64),
-      "category_id": np.array([int(a["category_id"]) for a in anns], np.int64),
-      "boxes": boxes,
-      "area": np.array([float(a["area"]) for a in anns], np.float64),
-      "crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
-      "difficult": np.array([bool(a.get("difficult", 0)) for a in anns], bool),
-  }
-  for name, ids, known in (("image_id", out["image_id"], image_ids), ("category_id", out["category_id"], category_ids)):
-    unknown = ~np.isin(ids, known)
-    if unknown.any():
-      k = int(np.argmax(unknown))
-      raise ValueError(f"ground-truth annotation id {ann_ids[k]} has {name} {ids[k]} not in the ground truth's "
-                       f"{'images' if name == 'image_id' else 'categories'}")
-  return out
-
-
-def parse_detections(detections: Sequence[Mapping[str, Any]], gt: Mapping[str, np.ndarray]
-                     ) -> dict[str, np.ndarray]:
-  """Returns a COCO results list as validated arrays (image / category ids, xywh boxes, scores, areas)."""
-  for i, d in enumerate(detections):
-    _require(d, ("image_id", "category_id", "bbox", "score"), f"detection #{i}")
-  boxes = np.array([d["bbox"] for d in detections], np.float64).reshape(-1, 4)
-  if boxes.shape[0] != len(detections):
-    raise ValueError("every detection's bbox must be [x, y, w, h]")
-  scores = np.array([d["score"] for d in detections], np.float64)
-  image_id = np.array([int(d["image_id"]) for d in detections], np.int64)
-  category_id = np.array([int(d["category_id"]) for d in detections], np.int64)
-  checks = (
-      (~np.isin(image_id, gt["image_ids"]), "has an image_id that is not in the ground truth"),
-      (~np.isin(category_id, gt["category_ids"]), "has a category_id that is not in the ground truth"),
-      (~np.all(np.isfinite(boxes), axis=1), "has a non-finite bbox"),
-      ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0), "has a bbox with w or h <= 0"),
-      (~np.isfinite(scores), "has a non-finite score"),
-  )
-  for bad, message in checks:
-    if bad.any():
-      k = int(np.argmax(bad))
-      raise ValueError(f"detection #{k} {message}: {dict(detections[k])}")
-  return {"image_id": image_id, "category_id": category_id, "boxes": boxes, "scores": scores,
-          "area": boxes[:, 2] * boxes[:, 3]}
 
 
 def _accumulate_category(scores, matched, ignored, det_rank, npig):

@@ -36,6 +36,7 @@ class CocoEvaluator:
     self._result: CocoEvalResult | None = None
 
   def reset(self) -> None:
+    """Drops every added batch (and the skip count), e.g. between evaluations of successive checkpoints."""
     self._chunks, self.num_skipped, self._result = [], 0, None
 
   def add(self, image_ids, boxes, scores, classes, valid) -> None:
@@ -52,7 +53,8 @@ class CocoEvaluator:
       raise ValueError(f"image ids {unknown[:5]} are not in the ground truth")
     if valid.any() and (classes[valid].min() < 0 or classes[valid].max() >= len(self.category_ids)):
       raise ValueError(f"class indices must be in [0, {len(self.category_ids)}), got {np.unique(classes[valid])}")
-    xywh = np.concatenate([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1)
+    # Rounded as the results json stores them, so that a box kept here is never empty once written.
+    xywh = np.round(np.concatenate([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1), 3)
     ok = valid & np.all(np.isfinite(xywh), axis=-1) & (xywh[..., 2] > 0) & (xywh[..., 3] > 0) & np.isfinite(scores)
     self.num_skipped += int(np.sum(valid & ~ok))
     b, k = np.nonzero(ok)

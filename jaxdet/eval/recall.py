@@ -3,6 +3,7 @@
 Average recall (AR) is recall averaged over IoU thresholds 0.50:0.05:0.95 (Hosang et al. 2016, as COCO reports
 it). Proposals are matched one-to-one to ground truth with the COCO greedy rule of the shared matching core,
 in descending score order; crowd regions are ignored (matching one neither helps nor hurts).
+`plot_recall_vs_iou` draws the curves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxdet.eval.coco import IOU_THRESHOLDS, parse_ground_truth
+from jaxdet.eval.coco import AREA_RANGES, IOU_THRESHOLDS
+from jaxdet.eval.inputs import parse_ground_truth, parse_proposals
 from jaxdet.eval.matching import match_groups
 
 
@@ -20,6 +22,11 @@ def proposal_recall(ground_truth: Mapping[str, Any], proposals: Sequence[Mapping
                     iou_thresholds: Sequence[float] | np.ndarray = IOU_THRESHOLDS) -> dict[str, Any]:
   """Returns `{"AR@K": float for each K, "recall": [T, len(max_proposals)], "iou_thresholds": [T]}`.
 
+  `recall[t, j]` is the fraction of non-crowd ground truth matched at IoU >= `iou_thresholds[t]` by the top
+  `max_proposals[j]` proposals of its image: the recall-vs-IoU curve for each K. Equal to pycocotools' `COCOeval`
+  recall with `useCats=0`, `maxDets=max_proposals`, area "all" (so ground truth with an `area` outside [0, 1e10]
+  is ignored too); -1 everywhere when there is no such ground truth, as pycocotools.
+
   Args:
     ground_truth: COCO-format dict; categories are ignored (class-agnostic), `iscrowd` regions are ignored.
     proposals: list of `image_id, bbox [x, y, w, h], score` (a `category_id`, if any, is ignored).
@@ -27,30 +34,24 @@ def proposal_recall(ground_truth: Mapping[str, Any], proposals: Sequence[Mapping
     iou_thresholds: `[T]` thresholds of the recall-vs-IoU curve; AR@K is the mean over them.
   """
   gt = parse_ground_truth(ground_truth)
+  props = parse_proposals(proposals, gt)
   img_pos = {int(i): k for k, i in enumerate(gt["image_ids"])}
-  for i, p in enumerate(proposals):
-    if "image_id" not in p or "bbox" not in p or "score" not in p:
-      raise ValueError(f"proposal #{i} needs image_id, bbox and score: {dict(p)}")
-    if int(p["image_id"]) not in img_pos:
-      raise ValueError(f"proposal #{i} has image_id {p['image_id']} that is not in the ground truth")
-  boxes = np.array([p["bbox"] for p in proposals], np.float64).reshape(-1, 4)
-  scores = np.array([p["score"] for p in proposals], np.float64)
-  bad = ~np.all(np.isfinite(boxes), axis=1) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | ~np.isfinite(scores)
-  if bad.any():
-    k = int(np.argmax(bad))
-    raise ValueError(f"proposal #{k} has a non-finite or empty box or score: {dict(proposals[k])}")
+  boxes, scores = props["boxes"], props["scores"]
   thresholds = np.asarray(iou_thresholds, np.float64)
   max_k = max(max_proposals)
-  det_img = np.array([img_pos[int(p["image_id"])] for p in proposals], np.int64)
+  det_img = np.array([img_pos[i] for i in props["image_id"].tolist()], np.int64)
   gt_img = np.array([img_pos[i] for i in gt["image_id"].tolist()], np.int64)
+  low, high = AREA_RANGES["all"]
+  ignore = gt["crowd"] | (gt["area"] < low) | (gt["area"] > high)
   matches = match_groups(det_group=det_img, det_boxes=boxes, det_scores=scores, gt_group=gt_img,
-                         gt_boxes=gt["boxes"], gt_crowd=gt["crowd"], gt_ignore=gt["crowd"][None],
+                         gt_boxes=gt["boxes"], gt_crowd=gt["crowd"], gt_ignore=ignore[None],
                          iou_thresholds=thresholds, max_dets=max_k, rule="coco")
-  num_pos = int(np.sum(~gt["crowd"]))
-  hits = matches.matched[0] & ~matches.ignored[0]  # [T, N]: one per matched non-crowd ground truth
-  recall = np.zeros((len(thresholds), len(max_proposals)))
+  num_pos = int(np.sum(~ignore))
+  hits = matches.matched[0] & ~matches.ignored[0]  # [T, N]: one per matched non-ignored ground truth
+  recall = np.full((len(thresholds), len(max_proposals)), -1.0)
   for j, k in enumerate(max_proposals):
-    recall[:, j] = hits[:, matches.rank < k].sum(axis=1) / max(num_pos, 1)
+    if num_pos:
+      recall[:, j] = hits[:, matches.rank < k].sum(axis=1) / num_pos
   out = {f"AR@{k}": float(recall[:, j].mean()) for j, k in enumerate(max_proposals)}
   out.update(recall=recall, iou_thresholds=thresholds)
   return out

@@ -13,12 +13,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxdet.eval.coco import parse_detections, parse_ground_truth
+from jaxdet.eval.inputs import parse_detections, parse_ground_truth
 from jaxdet.eval.matching import match_groups
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool = False) -> float:
-  """Returns the AP of one precision/recall curve: VOC2007's 11-point mean, or the area under the envelope."""
+  """Returns the AP of one precision/recall curve: VOC2007's 11-point mean, or the area under the envelope.
+
+  Args:
+    recall, precision: `[N]` cumulative recall and precision at each detection, in descending score order.
+    use_07_metric: mean over recall 0, 0.1, ..., 1 of the best precision at that recall or above (VOC2007);
+      otherwise the area under the monotone precision envelope, summed where recall changes (VOC2010+ devkit).
+  """
   if use_07_metric:
     ap = 0.0
     for t in np.arange(0.0, 1.1, 0.1):

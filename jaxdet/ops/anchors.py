@@ -39,13 +39,29 @@ def anchor_templates(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> 
   return np.asarray(out, np.float32).reshape(-1, 4)
 
 
+def _centers(feature_shape: tuple[int, int], stride: float, offset: float) -> np.ndarray:
+  h, w = feature_shape
+  ys = (np.arange(h, dtype=np.float64) + offset) * stride
+  xs = (np.arange(w, dtype=np.float64) + offset) * stride
+  yy, xx = np.meshgrid(ys, xs, indexing="ij")
+  return np.stack([xx.reshape(-1), yy.reshape(-1)], axis=-1)
+
+
+def _place(templates: np.ndarray, centers: np.ndarray) -> np.ndarray:
+  """`[C * A, 4]`: every template `[A, 4]` shifted to every centre `[C, 2]`, centres outer."""
+  # NumPy: shapes are static, so under jit the anchors are a constant, and eagerly no kernel is compiled per shape.
+  shifts = np.concatenate([centers, centers], axis=-1)
+  return (shifts[:, None, :] + templates[None, :, :]).reshape(-1, 4)
+
+
+def _grid(feature_shape: tuple[int, int], stride: float, sizes: Sequence[float], aspect_ratios: Sequence[float],
+          offset: float) -> np.ndarray:
+  return _place(anchor_templates(sizes, aspect_ratios).astype(np.float64), _centers(feature_shape, stride, offset))
+
+
 def grid_centers(feature_shape: tuple[int, int], *, stride: float, offset: float = 0.5) -> jnp.ndarray:
   """Returns `[H * W, 2]` (x, y) image coordinates of the cell centres of an `(H, W)` map, row-major."""
-  h, w = feature_shape
-  ys = (jnp.arange(h, dtype=jnp.float32) + offset) * stride
-  xs = (jnp.arange(w, dtype=jnp.float32) + offset) * stride
-  yy, xx = jnp.meshgrid(ys, xs, indexing="ij")
-  return jnp.stack([xx.reshape(-1), yy.reshape(-1)], axis=-1)
+  return jnp.asarray(_centers(feature_shape, stride, offset), jnp.float32)
 
 
 def grid_anchors(feature_shape: tuple[int, int], *, stride: float, sizes: Sequence[float],
@@ -55,30 +71,32 @@ def grid_anchors(feature_shape: tuple[int, int], *, stride: float, sizes: Sequen
   A 38 x 50 stride-16 map with 3 sizes x 3 ratios gives 38 * 50 * 9 = 17,100 anchors (the course's Faster R-CNN
   example). Index `(i * W + j) * A + a`.
   """
-  templates = jnp.asarray(anchor_templates(sizes, aspect_ratios))
-  centers = grid_centers(feature_shape, stride=stride, offset=offset)
-  shifts = jnp.concatenate([centers, centers], axis=-1)
-  return (shifts[:, None, :] + templates[None, :, :]).reshape(-1, 4)
+  return jnp.asarray(_grid(feature_shape, stride, sizes, aspect_ratios, offset), jnp.float32)
 
 
 def multilevel_anchors(feature_shapes: Sequence[tuple[int, int]], *, strides: Sequence[float],
                        sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float],
                        offset: float = 0.5) -> tuple[jnp.ndarray, tuple[int, ...]]:
   """Returns anchors of all levels concatenated `[sum_l H_l W_l A_l, 4]` and the per-level counts."""
-  levels = [grid_anchors(shape, stride=s, sizes=sz, aspect_ratios=aspect_ratios, offset=offset)
-            for shape, s, sz in zip(feature_shapes, strides, sizes, strict=True)]
-  return jnp.concatenate(levels, axis=0), tuple(int(a.shape[0]) for a in levels)
+  levels = [_grid(shape, stride, level_sizes, aspect_ratios, offset)
+            for shape, stride, level_sizes in zip(feature_shapes, strides, sizes, strict=True)]
+  return jnp.asarray(np.concatenate(levels, axis=0), jnp.float32), tuple(int(a.shape[0]) for a in levels)
 
 
 def faster_rcnn_anchors(feature_shape: tuple[int, int], *, stride: float = 16, offset: float = 0.5) -> jnp.ndarray:
-  """Returns the Faster R-CNN RPN anchors of a single C4 map: sizes 128, 256, 512 x ratios 1:2, 1:1, 2:1."""
+  """Returns `[H * W * 9, 4]` xyxy pixel anchors of Faster R-CNN's RPN on one C4 map: sizes 128, 256, 512 x ratios
+  1:2, 1:1, 2:1 (Ren et al. 2015, sec. 3.1.1); a 38 x 50 map gives 17,100."""
   return grid_anchors(feature_shape, stride=stride, sizes=(128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
                       offset=offset)
 
 
 def fpn_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: float = 0.5
                 ) -> tuple[jnp.ndarray, tuple[int, ...]]:
-  """Returns FPN RPN anchors for P2-P6 (strides 4..64): one size per level, 32^2 ... 512^2, ratios 1:2, 1:1, 2:1."""
+  """Returns FPN RPN anchors `[sum_l H_l W_l 3, 4]` xyxy pixels and the per-level counts, for P2-P6.
+
+  Strides 4..64, one size per level (areas 32^2 ... 512^2) and ratios 1:2, 1:1, 2:1: 15 anchor shapes in all, 3 per
+  cell (Lin et al., "Feature Pyramid Networks", 2017, sec. 4.1). `feature_shapes`: the 5 `(H, W)`, P2 first.
+  """
   if len(feature_shapes) != 5:
     raise ValueError(f"FPN anchors need the 5 levels P2-P6, got {len(feature_shapes)} feature shapes")
   return multilevel_anchors(feature_shapes, strides=(4, 8, 16, 32, 64), sizes=[(s,) for s in (32, 64, 128, 256, 512)],
@@ -87,7 +105,9 @@ def fpn_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: float = 0.
 
 def retinanet_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: float = 0.5
                       ) -> tuple[jnp.ndarray, tuple[int, ...]]:
-  """Returns RetinaNet anchors for P3-P7 (strides 8..128): base size 4 x stride, 3 octave scales x 3 ratios.
+  """Returns RetinaNet anchors `[sum_l H_l W_l 9, 4]` xyxy pixels and the per-level counts, for P3-P7.
+
+  Strides 8..128, base size 4 x stride, 3 octave scales x 3 ratios. `feature_shapes`: the 5 `(H, W)`, P3 first.
 
   Scales 2^0, 2^(1/3), 2^(2/3) and ratios 1:2, 1:1, 2:1 give A = 9 anchors per cell (Lin et al. 2017, sec. 4).
   """
@@ -100,7 +120,8 @@ def retinanet_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: floa
 
 
 def ssd_scales(num_levels: int, *, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:
-  """Returns SSD's per-level scales s_k = s_min + (s_max - s_min)(k - 1)/(m - 1), k = 1..m (Liu et al. 2016, eq. 4)."""
+  """Returns the `num_levels` SSD scales s_k = s_min + (s_max - s_min)(k - 1)/(m - 1), k = 1..m (Liu et al. 2016,
+  eq. 4), as fractions of the image side."""
   if num_levels == 1:
     return [s_min]
   return [s_min + (s_max - s_min) * k / (num_levels - 1) for k in range(num_levels)]
@@ -111,7 +132,8 @@ def ssd_priors(feature_sizes: Sequence[int], *, aspect_ratios: Sequence[Sequence
   """Returns `[P, 4]` SSD prior boxes, xyxy in units of the image size (multiply by the image side for pixels).
 
   Level k (square map of `feature_sizes[k]` cells, centres at ((j + 0.5) / f, (i + 0.5) / f)) gets, per cell:
-  a square of side s_k, the extra square of side sqrt(s_k s_{k+1}) (s_{m+1} = 1, the paper's convention), and for
+  a square of side s_k, the extra square of side sqrt(s_k s_{k+1}) (the paper leaves s_{m+1} undefined; s_{m+1} = 1
+  as in the TF Object Detection API's SSD anchor generator; ssd.pytorch's 315/300 differs on the last level), and for
   each ratio a in `aspect_ratios[k]` (listed without 1; their reciprocals are added) a box w = s_k sqrt(a),
   h = s_k / sqrt(a). SSD300 with maps 38, 19, 10, 5, 3, 1 and ratios (2,), (2, 3), (2, 3), (2, 3), (2,), (2,)
   has 4, 6, 6, 6, 4, 4 priors per cell: 8732 in all.
@@ -146,8 +168,6 @@ def yolo_anchors(feature_shape: tuple[int, int], *, stride: int,
   YOLO assigns each object to the cell containing its centre and the anchor of best shape IoU; these boxes (the
   priors placed at cell centres) are what that shape matching compares against.
   """
-  wh = np.asarray(anchors_wh if anchors_wh is not None else YOLOV3_ANCHORS[stride], np.float32)
-  templates = jnp.asarray(np.concatenate([-wh / 2, wh / 2], -1))
-  centers = grid_centers(feature_shape, stride=stride, offset=offset)
-  shifts = jnp.concatenate([centers, centers], axis=-1)
-  return (shifts[:, None, :] + templates[None]).reshape(-1, 4)
+  wh = np.asarray(anchors_wh if anchors_wh is not None else YOLOV3_ANCHORS[stride], np.float64)
+  return jnp.asarray(_place(np.concatenate([-wh / 2, wh / 2], -1), _centers(feature_shape, stride, offset)),
+                     jnp.float32)

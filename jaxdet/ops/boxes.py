@@ -3,7 +3,10 @@
 Every function takes boxes with coordinates on the last axis and any leading batch shape. The canonical format
 is xyxy: `(x1, y1, x2, y2)` in absolute float32 pixels, continuous (a box from 0 to 10 is 10 wide, no "+1").
 Degenerate boxes (non-positive width or height, NaN, inf) are representable; `is_valid_box` tells them apart and
-`box_area` gives them area 0, so nothing downstream divides by a negative or NaN area.
+`box_area` gives them area 0, so nothing downstream divides by a negative or NaN area. The format conversions,
+`scale_boxes` and `flip_boxes` are affine maps: an empty box stays empty, and a NaN or inf coordinate gives NaN or
+inf coordinates (they carry the input through; mask with `is_valid_box` before relying on the values).
+`clip_boxes` maps inf into the image and keeps NaN.
 """
 
 from __future__ import annotations

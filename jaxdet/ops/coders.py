@@ -1,6 +1,9 @@
 """Box coders: how each detector family writes a box relative to an anchor, a cell or a location.
 
 Each `encode_*` has a `decode_*` inverse. All geometry is float32, xyxy pixels, continuous (no "+1").
+Encoders give zero targets (and cell (0, 0)) with a zero gradient for a degenerate box (`is_valid_box` False: empty,
+inverted, NaN or inf) — it is padding or noise that the caller's `valid` mask drops; decoders are finite for finite
+network outputs and any anchor or location (a non-finite anchor decodes as the empty box at the origin).
 
 - Faster R-CNN (R-CNN appendix C; torchvision `BoxCoder`): `encode_boxes` / `decode_boxes`.
 - YOLOv1 (Redmon et al. 2016): cell-relative centre, square-rooted size relative to the image.
@@ -16,11 +19,12 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdet.ops.boxes import cxcywh_to_xyxy, is_valid_box, xyxy_to_cxcywh
 
 DEFAULT_SCALE_CLIP = math.log(1000.0 / 16)
-_UNIT_BOX = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
+_UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -62,7 +66,9 @@ def decode_boxes(deltas: jax.Array, anchors: jax.Array, *,
   """Returns `[..., 4]` xyxy boxes from Faster R-CNN deltas `(dx, dy, dw, dh)` applied to `anchors`.
 
   The inverse of `encode_boxes`; dw and dh are clamped from above at `clip` (log(1000/16) as in Detectron and
-  torchvision) so exp() cannot overflow. Equal to torchvision's `BoxCoder.decode_single`.
+  torchvision) so exp() cannot overflow. Equal to torchvision's `BoxCoder.decode_single`, except that a NaN / inf
+  anchor decodes as the empty box at the origin (torchvision propagates NaN), so the output is finite for finite
+  deltas.
 
   Args:
     deltas: `[..., 4]` (any float dtype; decoded in float32).
@@ -72,7 +78,9 @@ def decode_boxes(deltas: jax.Array, anchors: jax.Array, *,
   """
   wx, wy, ww, wh = weights
   deltas = _f32(deltas)
-  a = xyxy_to_cxcywh(anchors)
+  anchors = _f32(anchors)
+  # Zero and negative sizes decode by the same arithmetic as torchvision; only NaN / inf anchors are replaced.
+  a = xyxy_to_cxcywh(jnp.where(jnp.all(jnp.isfinite(anchors), axis=-1, keepdims=True), anchors, 0.0))
   dx = deltas[..., 0] / wx
   dy = deltas[..., 1] / wy
   dw = jnp.minimum(deltas[..., 2] / ww, clip)
@@ -102,15 +110,22 @@ def encode_yolov1(boxes: jax.Array, *, grid_size: tuple[int, int],
   """
   gh, gw = grid_size
   ih, iw = image_size
-  c = xyxy_to_cxcywh(boxes)
+  valid, c = _valid_cxcywh(boxes)
   gx = c[..., 0] / iw * gw
   gy = c[..., 1] / ih * gh
   j = jnp.clip(jnp.floor(gx), 0, gw - 1)
   i = jnp.clip(jnp.floor(gy), 0, gh - 1)
   sw = _safe_sqrt(c[..., 2] / iw)
   sh = _safe_sqrt(c[..., 3] / ih)
-  cells = jnp.stack([i, j], axis=-1).astype(jnp.int32)
-  return cells, jnp.stack([gx - j, gy - i, sw, sh], axis=-1)
+  cells = jnp.where(valid[..., None], jnp.stack([i, j], axis=-1), 0).astype(jnp.int32)
+  return cells, jnp.where(valid[..., None], jnp.stack([gx - j, gy - i, sw, sh], axis=-1), 0.0)
+
+
+def _valid_cxcywh(boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Validity `[...]` and `[..., 4]` (cx, cy, w, h) of xyxy boxes, a unit box standing in for degenerate ones."""
+  boxes = _f32(boxes)
+  valid = is_valid_box(boxes)
+  return valid, xyxy_to_cxcywh(jnp.where(valid[..., None], boxes, _UNIT_BOX))
 
 
 def _safe_sqrt(x: jax.Array) -> jax.Array:
@@ -148,14 +163,14 @@ def encode_yolo(boxes: jax.Array, anchors_wh: jax.Array, *, stride: float) -> tu
     cells: int32 `[..., 2]` (row i, column j) containing the box centre.
     targets: `[..., 4]` float32.
   """
-  c = xyxy_to_cxcywh(boxes)
+  valid, c = _valid_cxcywh(boxes)
   anchors_wh = _f32(anchors_wh)
   gx, gy = c[..., 0] / stride, c[..., 1] / stride
   j, i = jnp.floor(gx), jnp.floor(gy)
   tw = _safe_log_ratio(c[..., 2], anchors_wh[..., 0])
   th = _safe_log_ratio(c[..., 3], anchors_wh[..., 1])
-  cells = jnp.stack([i, j], axis=-1).astype(jnp.int32)
-  return cells, jnp.stack([gx - j, gy - i, tw, th], axis=-1)
+  cells = jnp.where(valid[..., None], jnp.stack([i, j], axis=-1), 0).astype(jnp.int32)
+  return cells, jnp.where(valid[..., None], jnp.stack([gx - j, gy - i, tw, th], axis=-1), 0.0)
 
 
 def decode_yolo(raw: jax.Array, anchors_wh: jax.Array, cells: jax.Array, *, stride: float,
@@ -192,9 +207,12 @@ def encode_ltrb(boxes: jax.Array, points: jax.Array, *, stride: float | None = N
     points: `[..., 2]` (x, y) pixel locations, e.g. cell centres ((j + 0.5) s, (i + 0.5) s).
     stride: optional normaliser.
   """
-  boxes, points = _f32(boxes), _f32(points)
-  ltrb = jnp.stack([points[..., 0] - boxes[..., 0], points[..., 1] - boxes[..., 1],
-                    boxes[..., 2] - points[..., 0], boxes[..., 3] - points[..., 1]], axis=-1)
+  points = _f32(points)
+  boxes, xyxy = jnp.broadcast_arrays(_f32(boxes), jnp.concatenate([points, points], axis=-1))
+  # Empty and inverted boxes give finite distances (some negative: "outside"); only NaN / inf inputs are zeroed.
+  finite = jnp.all(jnp.isfinite(boxes) & jnp.isfinite(xyxy), axis=-1, keepdims=True)
+  boxes, xyxy = jnp.where(finite, boxes, 0.0), jnp.where(finite, xyxy, 0.0)
+  ltrb = jnp.concatenate([xyxy[..., :2] - boxes[..., :2], boxes[..., 2:] - xyxy[..., 2:]], axis=-1)
   return ltrb if stride is None else ltrb / stride
 
 
@@ -218,11 +236,12 @@ def encode_centernet(boxes: jax.Array, *, stride: float) -> tuple[jax.Array, jax
   Returns:
     cells: int32 `[..., 2]` (row i, column j); offsets: `[..., 2]` (ox, oy); sizes: `[..., 2]` (w, h).
   """
-  c = xyxy_to_cxcywh(boxes)
+  valid, c = _valid_cxcywh(boxes)
   g = c[..., :2] / stride
   cell_xy = jnp.floor(g)
-  cells = jnp.stack([cell_xy[..., 1], cell_xy[..., 0]], axis=-1).astype(jnp.int32)
-  return cells, g - cell_xy, c[..., 2:]
+  keep = valid[..., None]
+  cells = jnp.where(keep, jnp.stack([cell_xy[..., 1], cell_xy[..., 0]], axis=-1), 0).astype(jnp.int32)
+  return cells, jnp.where(keep, g - cell_xy, 0.0), jnp.where(keep, c[..., 2:], 0.0)
 
 
 def decode_centernet(cells: jax.Array, offsets: jax.Array, sizes: jax.Array, *, stride: float) -> jax.Array:

@@ -5,10 +5,14 @@ References:
   DIoU and CIoU: Zheng et al., "Distance-IoU Loss", AAAI 2020.
 The arithmetic follows torchvision's `box_iou`, `generalized_box_iou`, `distance_box_iou` and `complete_box_iou`
 operation for operation (including their `eps=1e-7` in DIoU/CIoU), so valid boxes give the same float32 numbers.
+Gradients are those of these functions, CIoU's trade-off alpha = v / (1 - IoU + v) included (torchvision's
+`complete_box_iou` holds alpha constant; `jaxdet.ops.ciou_loss` does so too, as the paper's loss does).
 
-Differs from torchvision on degenerate boxes (empty, inverted, NaN or inf): torchvision returns whatever the
-arithmetic gives (negative areas, NaN); here any pair with a degenerate box scores 0 for every kind, with a zero
-and finite gradient (CONVENTIONS: "IoU with a degenerate box is 0").
+Differs from torchvision on degenerate boxes: torchvision returns whatever the arithmetic gives (negative areas,
+NaN); here any pair with a degenerate box scores 0 for every kind, with a zero and finite gradient (CONVENTIONS:
+"IoU with a degenerate box is 0"). Degenerate means `iou_valid_box` is False: empty, inverted, NaN or inf, and also
+a side under 1e-4 px or a coordinate beyond 1e8 px, where float32 gradients would overflow (1 / union^2 underflows
+for a 1e-5 px box; GIoU's enclosing area squared overflows for 1e10 px ones). No image has boxes like that.
 """
 
 from __future__ import annotations
@@ -17,12 +21,21 @@ import math
 
 import jax
 import jax.numpy as jnp
-
-from jaxdet.ops.boxes import is_valid_box
+import numpy as np
 
 KINDS = ("iou", "giou", "diou", "ciou")
+MIN_SIDE = 1e-4  # px: smaller boxes are degenerate here (module docstring).
+MAX_COORD = 1e8  # px: so are boxes reaching further from the origin.
 _EPS = 1e-7  # torchvision's eps in distance_box_iou / complete_box_iou.
-_UNIT_BOX = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
+_UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+
+
+def iou_valid_box(boxes: jax.Array) -> jax.Array:
+  """Returns bool `[...]`: the xyxy box `[..., 4]` is one the IoU family scores (finite, both sides >= `MIN_SIDE`,
+  every coordinate within +-`MAX_COORD` pixels); for any other box every IoU kind is 0 with a zero gradient."""
+  boxes = jnp.asarray(boxes, jnp.float32)
+  inside = jnp.all(jnp.abs(boxes) <= MAX_COORD, axis=-1)  # False for NaN and inf too
+  return inside & (boxes[..., 2] - boxes[..., 0] >= MIN_SIDE) & (boxes[..., 3] - boxes[..., 1] >= MIN_SIDE)
 
 
 def _aligned(b1: jax.Array, b2: jax.Array, kind: str) -> jax.Array:
@@ -65,7 +78,7 @@ def _check_kind(kind: str) -> None:
 def _safe(boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Float32 boxes with degenerate ones replaced by a unit box (so no NaN flows into gradients), and validity."""
   boxes = jnp.asarray(boxes, jnp.float32)
-  valid = is_valid_box(boxes)
+  valid = iou_valid_box(boxes)
   return jnp.where(valid[..., None], boxes, _UNIT_BOX), valid
 
 

@@ -22,11 +22,12 @@ def kmeans_anchors(wh: jax.Array, k: int, *, key: jax.Array, num_iters: int = 10
   Lloyd's k-means with d(box, centroid) = 1 - IoU(box, centroid) (YOLOv2's "dimension clusters"): assign each
   box to the centroid of highest shape IoU, move each centroid to the mean (w, h) of its boxes, `num_iters` times
   (a fixed count keeps it jittable). Initial centroids are k distinct valid boxes drawn with `key`, so the result
-  is deterministic given the key. A cluster that loses all its boxes keeps its previous centre.
+  is deterministic given the key. A cluster that loses all its boxes keeps its previous centre. With fewer than k
+  valid boxes the surplus anchors are (0, 0); NaN, inf and non-positive sizes count as padding.
   `mean_best_iou` is the average over valid boxes of the IoU with their closest anchor (YOLOv2's Table 1 metric).
 
   Args:
-    wh: `[N, 2]` box widths and heights (pixels or any unit), N >= k valid boxes.
+    wh: `[N, 2]` box widths and heights (pixels or any unit), N >= k rows.
     k: number of anchors (static).
     key: `jax.random` key for the initialisation.
     num_iters: Lloyd iterations (static).
@@ -39,8 +40,8 @@ def kmeans_anchors(wh: jax.Array, k: int, *, key: jax.Array, num_iters: int = 10
   # k distinct valid boxes, uniformly at random: top-k of random priorities among valid entries.
   priority = jnp.where(valid, jax.random.uniform(key, (n,)), -1.0)
   _, init = jax.lax.top_k(priority, k)
-  centroids = wh[init]
   safe_wh = jnp.where(valid[:, None], wh, 0.0)
+  centroids = safe_wh[init]
 
   def step(_, c):
     assign = jnp.argmax(wh_iou(safe_wh, c), axis=1)

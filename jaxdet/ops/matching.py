@@ -97,13 +97,15 @@ def match_boxes(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
 
 def match_rpn(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
               gt_crowd: jax.Array | None = None) -> MatchResult:
-  """RPN matching (Faster R-CNN): fg >= 0.7, bg < 0.3, best anchor of each ground truth forced fg."""
+  """Returns the RPN `MatchResult` (Faster R-CNN sec. 3.1.2): fg >= 0.7, bg < 0.3, each ground truth's best anchor
+  forced fg. `anchors [N, 4]`, `gt_boxes [M, 4]` xyxy pixels; `gt_valid`, `gt_crowd` bool `[M]`; results `[N]`."""
   return match_boxes(anchors, gt_boxes, gt_valid, fg_threshold=0.7, bg_threshold=0.3,
                      allow_low_quality_matches=True, gt_crowd=gt_crowd)
 
 
 def match_fast_rcnn(proposals: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
                     gt_crowd: jax.Array | None = None) -> MatchResult:
-  """Fast R-CNN RoI matching: fg >= 0.5, bg in [0.1, 0.5), the rest ignored."""
+  """Returns the Fast R-CNN RoI `MatchResult` (sec. 2.3): fg >= 0.5, bg in [0.1, 0.5), below 0.1 ignored.
+  `proposals [N, 4]`, `gt_boxes [M, 4]` xyxy pixels; `gt_valid`, `gt_crowd` bool `[M]`; results `[N]`."""
   return match_boxes(proposals, gt_boxes, gt_valid, fg_threshold=0.5, bg_threshold=0.5, bg_low_threshold=0.1,
                      gt_crowd=gt_crowd)

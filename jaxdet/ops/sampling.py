@@ -37,10 +37,10 @@ def sample_balanced(labels: jax.Array, *, key: jax.Array, num_samples: int,
 
 
 def sample_rpn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
-  """RPN minibatch: 256 anchors, up to half foreground."""
+  """Returns bool `[N]`: the RPN minibatch of int `labels [N]`, 256 anchors with up to half foreground."""
   return sample_balanced(labels, key=key, num_samples=256, positive_fraction=0.5)
 
 
 def sample_fast_rcnn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
-  """Fast R-CNN minibatch per image: 128 RoIs, up to a quarter foreground."""
+  """Returns bool `[N]`: one image's Fast R-CNN minibatch of `labels [N]`, 128 RoIs, up to a quarter foreground."""
   return sample_balanced(labels, key=key, num_samples=128, positive_fraction=0.25)

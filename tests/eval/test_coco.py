@@ -127,3 +127,123 @@ def test_summary_has_the_pycocotools_layout():
   assert len(lines) == 12
   assert lines[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = ")
   assert lines[6].startswith(" Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ] = ")
+
+
+def _edge_case_set():
+  """A hand-built set with one instance of each case pycocotools treats specially (ids deliberately sparse)."""
+  images = [{"id": i} for i in (10, 20, 30, 40, 50)]
+  cats = [{"id": 5, "name": "five"}, {"id": 9, "name": "never seen"}, {"id": 17, "name": "seventeen"}]
+  anns = [
+      # A crowd region and a regular object of the same category in image 10.
+      {"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 100, 100], "area": 10_000.0, "iscrowd": 1},
+      {"id": 2, "image_id": 10, "category_id": 5, "bbox": [200, 200, 50, 50], "area": 2_500.0, "iscrowd": 0},
+      # Areas exactly on the small/medium and medium/large bounds (both ranges include them).
+      {"id": 3, "image_id": 20, "category_id": 17, "bbox": [0, 0, 32, 32], "area": 32.0**2, "iscrowd": 0},
+      {"id": 4, "image_id": 20, "category_id": 17, "bbox": [100, 100, 96, 96], "area": 96.0**2, "iscrowd": 0},
+      # Two identical objects: the detection's IoU ties, pycocotools takes the later one.
+      {"id": 5, "image_id": 20, "category_id": 5, "bbox": [300, 10, 40, 40], "area": 1_600.0, "iscrowd": 0},
+      {"id": 6, "image_id": 20, "category_id": 5, "bbox": [300, 10, 40, 40], "area": 1_600.0, "iscrowd": 0},
+      # An empty box, which pycocotools keeps as an object nothing can match.
+      {"id": 7, "image_id": 20, "category_id": 17, "bbox": [400, 400, 0, 12], "area": 0.0, "iscrowd": 0},
+      # Ground truth on an image without detections.
+      {"id": 8, "image_id": 30, "category_id": 17, "bbox": [5, 5, 60, 40], "area": 2_000.0, "iscrowd": 0},
+      # A tie whose outcome matters: the first detection overlaps both equally (IoU 0.82) and must take the later
+      # one, so that the second detection (IoU 0.82 with the first object, 0.54 with the second) can take the first.
+      {"id": 9, "image_id": 50, "category_id": 5, "bbox": [0, 0, 10, 10], "area": 100.0, "iscrowd": 0},
+      {"id": 10, "image_id": 50, "category_id": 5, "bbox": [2, 0, 10, 10], "area": 100.0, "iscrowd": 0},
+  ]
+  dets = [
+      # Three detections inside the crowd region: each matches it (IoU over the detection's area is 1), ignored.
+      {"image_id": 10, "category_id": 5, "bbox": [10, 10, 20, 20], "score": 0.9},
+      {"image_id": 10, "category_id": 5, "bbox": [30, 30, 20, 20], "score": 0.8},
+      {"image_id": 10, "category_id": 5, "bbox": [60, 60, 30, 30], "score": 0.5},
+      # A true positive, then a duplicate of it that a crowd region cannot absorb: a false positive.
+      {"image_id": 10, "category_id": 5, "bbox": [201, 201, 50, 50], "score": 0.7},
+      {"image_id": 10, "category_id": 5, "bbox": [199, 202, 50, 50], "score": 0.5},
+      # Score ties across images (0.5 above) and within an image.
+      {"image_id": 20, "category_id": 17, "bbox": [0, 0, 32, 31], "score": 0.5},
+      {"image_id": 20, "category_id": 17, "bbox": [101, 99, 96, 96], "score": 0.5},
+      {"image_id": 20, "category_id": 5, "bbox": [301, 10, 40, 40], "score": 0.6},
+      # An unmatched detection of area exactly 32^2, so ignored or not per range by the inclusive bounds.
+      {"image_id": 20, "category_id": 17, "bbox": [500, 300, 32, 32], "score": 0.95},
+      {"image_id": 50, "category_id": 5, "bbox": [1, 0, 10, 10], "score": 0.9},
+      {"image_id": 50, "category_id": 5, "bbox": [-1, 0, 10, 10], "score": 0.8},
+      # A false positive on an image without ground truth, tied with the true positives of image 20 (0.5): in
+      # pycocotools' order (image ids ascending, then stable by score) it comes after them.
+      {"image_id": 40, "category_id": 17, "bbox": [0, 0, 10, 10], "score": 0.5},
+  ]
+  # More than maxDets = 100 detections of one (image, category), with ties, the true positive ranked 101st.
+  for k in range(105):
+    dets.append({"image_id": 30, "category_id": 17, "bbox": [300.0 + k, 200, 20, 20], "score": 0.99 - 0.001 * (k // 3)})
+  dets.append({"image_id": 30, "category_id": 17, "bbox": [5, 5, 60, 40], "score": 0.99 - 0.001 * 34})
+  return {"images": images, "annotations": anns, "categories": cats}, dets
+
+
+def test_equal_to_pycocotools_on_hand_built_edge_cases():
+  gt, dets = _edge_case_set()
+  ours, _ = _assert_equal_to_pycocotools(gt, dets)
+  assert ours.per_category_ap[9] == -1.0  # never seen: undefined, not 0
+  assert ours.stats["AP"] > 0  # the set is not trivially all-zero
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_equal_to_pycocotools_with_empty_ground_truth_boxes(seed):
+  gt, dets = make_coco_set(seed, num_images=20)
+  for a in gt["annotations"][::7]:
+    a["bbox"][2 + seed] = 0.0 if seed == 0 else -3.0  # w = 0, or h < 0: kept as unmatchable objects
+  _assert_equal_to_pycocotools(gt, dets)
+
+
+def test_integral_float_ids_are_accepted():
+  gt, dets = make_coco_set(6, num_images=10)
+  as_floats = [dict(d, image_id=float(d["image_id"]), category_id=float(d["category_id"])) for d in dets]
+  assert coco_evaluate(gt, as_floats) == coco_evaluate(gt, dets)
+
+
+def test_summary_text_is_what_pycocotools_prints():
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  gt, dets = make_coco_set(8, num_images=15)
+  ev = pycocotools_eval(gt, dets)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    ev.summarize()
+  assert format_summary(coco_evaluate(gt, dets)) == printed.getvalue().rstrip("\n")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.pop("bbox"), r"missing field\(s\) \['bbox'\]"),
+    (lambda d: d.pop("image_id"), r"missing field\(s\) \['image_id'\]"),
+    (lambda d: d.pop("category_id"), r"missing field\(s\) \['category_id'\]"),
+    (lambda d: d.update(bbox=[1.0, 2.0, 3.0]), r"not \[x, y, w, h\]"),
+    (lambda d: d.update(bbox=None), r"not \[x, y, w, h\]"),
+    (lambda d: d.update(bbox=[1.0, 2.0, -4.0, 3.0]), "w or h <= 0"),
+    (lambda d: d.update(bbox=[1.0, 2.0, float("inf"), 3.0]), "non-finite bbox"),
+    (lambda d: d.update(score=float("inf")), "non-finite score"),
+    (lambda d: d.update(score=[0.5]), "not a number"),
+    (lambda d: d.update(image_id=2.5), "not an integer"),
+    (lambda d: d.update(category_id="cat"), "not an integer"),
+])
+def test_more_bad_detections_name_the_entry(mutate, message):
+  gt, dets = make_coco_set(1, num_images=5)
+  mutate(dets[4])
+  with pytest.raises(ValueError, match=message) as err:
+    coco_evaluate(gt, dets)
+  assert "detection #4" in str(err.value)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda g: g["annotations"][3].update(bbox=[1.0, float("nan"), 2.0, 3.0]), "annotation #3 has a non-finite bbox"),
+    (lambda g: g["annotations"][3].update(area=float("nan")), "annotation #3 has a non-finite area"),
+    (lambda g: g["annotations"][3].update(bbox=[1.0, 2.0]), r"annotation #3 has bbox .* not \[x, y, w, h\]"),
+    (lambda g: g["annotations"][3].update(id=0), "annotation #3 has id 0"),
+    (lambda g: g["annotations"][3].update(category_id=4242), "annotation #3 has a category_id that is not"),
+    (lambda g: g["images"][1].pop("id"), r"image #1 is missing field\(s\) \['id'\]"),
+    (lambda g: g["categories"][0].pop("id"), r"category #0 is missing field\(s\) \['id'\]"),
+    (lambda g: g.pop("categories"), "no 'categories' list"),
+])
+def test_bad_ground_truth_names_the_entry(mutate, message):
+  gt, dets = make_coco_set(1, num_images=5)
+  mutate(gt)
+  with pytest.raises(ValueError, match=message):
+    coco_evaluate(gt, dets)

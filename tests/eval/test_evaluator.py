@@ -1,15 +1,19 @@
-"""CocoEvaluator (padded batches -> COCO results -> metrics), the PR-curve PNG, and the CLI."""
+"""CocoEvaluator (padded batches -> COCO results -> metrics), the PR-curve and recall PNGs, and the CLI."""
 
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdet.eval import CocoEvaluator, coco_evaluate, evaluate_coco, plot_pr_curves
+from jaxdet.eval import (STAT_KEYS, CocoEvaluator, coco_evaluate, evaluate_coco, format_summary, plot_pr_curves,
+                         plot_recall_vs_iou, proposal_recall)
 from jaxdet.eval.__main__ import main as cli_main
 from tests.eval.conftest import make_coco_set, pycocotools_eval
 
@@ -42,12 +46,11 @@ def test_accumulated_batches_evaluate_like_the_results_list(tmp_path):
   results = evaluator.results()
   assert len(results) == sum(1 for d in dets if d["image_id"] in {im["id"] for im in gt["images"]})
   metrics = evaluator.evaluate()
-  assert {k: metrics[k] for k in coco_evaluate(gt, results)} == coco_evaluate(gt, results)
-  # The written json is what pycocotools reads, and it gives the same numbers (3-decimal rounding aside).
+  # The written json is what pycocotools reads, and it gives the evaluator's 12 numbers.
   path = tmp_path / "results.json"
   evaluator.write_results(path)
   ref = pycocotools_eval(gt, json.loads(path.read_text()))
-  np.testing.assert_allclose([metrics[k] for k in ("AP", "AP50", "AR100")], ref.stats[[0, 1, 8]], atol=1e-6)
+  np.testing.assert_allclose([metrics[k] for k in STAT_KEYS], ref.stats, atol=1e-6, rtol=0)
   np.testing.assert_allclose(metrics["AP"], coco_evaluate(gt, dets)["AP"], atol=2e-3)
   assert "AP/c1" in metrics
   assert "Average Precision" in evaluator.summary()
@@ -65,6 +68,11 @@ def test_degenerate_detections_are_skipped_and_counted():
   assert len(evaluator.results()) == 3
   assert evaluator.num_skipped == 6
   assert "skipped 6 detections" in evaluator.summary()
+  # 0.0004 px wide: positive, but 0 once rounded to the json's 3 decimals, so skipped rather than written empty.
+  evaluator.add(image_ids[:1], np.array([[[5.0, 5.0, 5.0004, 9.0]]]), np.ones((1, 1)), np.zeros((1, 1), np.int32),
+                np.ones((1, 1), bool))
+  assert evaluator.num_skipped == 7 and len(evaluator.results()) == 3
+  assert np.isfinite(evaluator.evaluate()["AP"])
 
 
 def test_unknown_images_and_classes_are_rejected():
@@ -108,3 +116,35 @@ def test_cli_reports_bad_detections(tmp_path, capsys):
   code = cli_main(["--ground-truth", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "dt.json")])
   assert code == 1
   assert "detection #0" in capsys.readouterr().err
+
+
+def test_recall_curve_png_and_cli(tmp_path, capsys):
+  gt, dets = make_coco_set(4, num_images=12)
+  recall = proposal_recall(gt, dets)
+  plot_recall_vs_iou(recall, tmp_path / "recall.png")
+  image = Image.open(tmp_path / "recall.png")
+  assert len(np.unique(np.asarray(image.convert("L")))) > 10
+  (tmp_path / "gt.json").write_text(json.dumps(gt))
+  (tmp_path / "dt.json").write_text(json.dumps(dets))
+  args = ["--ground-truth", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "dt.json"), "--metric",
+          "recall", "--recall-curve", str(tmp_path / "cli.png"), "--output", str(tmp_path / "m.json")]
+  assert cli_main(args) == 0
+  assert "AR@1000" in capsys.readouterr().out
+  assert json.loads((tmp_path / "m.json").read_text())["AR@100"] == pytest.approx(recall["AR@100"])
+  assert (tmp_path / "cli.png").stat().st_size > 1000
+
+
+def test_cli_as_a_module_in_a_fresh_process(tmp_path):
+  """`python -m jaxdet.eval` itself: the entry point, stdout layout and exit codes."""
+  gt, dets = make_coco_set(5, num_images=8)
+  (tmp_path / "gt.json").write_text(json.dumps(gt))
+  (tmp_path / "dt.json").write_text(json.dumps(dets))
+  base = [sys.executable, "-m", "jaxdet.eval", "--ground-truth", str(tmp_path / "gt.json")]
+  root = pathlib.Path(__file__).resolve().parents[2]
+  run = subprocess.run(base + ["--detections", str(tmp_path / "dt.json")], capture_output=True, text=True,
+                       cwd=root, check=False)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines()[0] == format_summary(coco_evaluate(gt, dets)).splitlines()[0]
+  missing = subprocess.run(base + ["--detections", str(tmp_path / "absent.json")], capture_output=True, text=True,
+                           cwd=root, check=False)
+  assert missing.returncode == 2 and "absent.json" in missing.stderr

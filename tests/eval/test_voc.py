@@ -109,3 +109,18 @@ def test_voc_ap_on_known_curves():
   assert voc_ap(np.array([1.0]), np.array([1.0])) == pytest.approx(1.0)
   assert voc_ap(np.array([0.5, 0.5]), np.array([1.0, 0.5])) == pytest.approx(0.5)
   assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5]), use_07_metric=True) == pytest.approx((6 + 5 * 0.5) / 11)
+
+
+def test_iou_of_exactly_one_half_is_not_a_match_and_ties_go_to_the_first_object():
+  anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100},
+          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 0, 10, 10], "area": 100},
+          {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100}]
+  gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1}], "annotations": anns}
+  dets = [{"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.9},   # IoU 0.82 with both: takes #1
+          {"image_id": 1, "category_id": 1, "bbox": [-1, 0, 10, 10], "score": 0.8},  # best is #1, taken: FP
+          {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 5], "score": 0.7}]    # IoU exactly 0.5: FP
+  recall, precision = voc_evaluate(gt, dets)["curves"][1]
+  np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 1 / 3])
+  np.testing.assert_allclose(precision, [1.0, 0.5, 1 / 3])
+  for cat in gt["categories"]:
+    assert voc_evaluate(gt, dets)["AP"][cat["id"]] == pytest.approx(_devkit_voc_eval(gt, dets, cat["id"]), abs=1e-12)

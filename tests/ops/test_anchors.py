@@ -2,6 +2,8 @@
 
 import math
 
+import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
@@ -81,3 +83,84 @@ def test_matches_torchvision_anchor_generator_with_zero_offset():
   ours = np.asarray(A.grid_anchors((4, 6), stride=16, sizes=(32, 64), aspect_ratios=(0.5, 1.0, 2.0), offset=0.0))
   ours = ours.reshape(24, 2, 3, 4).transpose(0, 2, 1, 3).reshape(-1, 4)
   np.testing.assert_allclose(ours, ref, atol=0.5 + 1e-4)
+
+
+def numpy_grid_anchors(h, w, stride, sizes, ratios, offset=0.5):
+  """Loop transcription: for each cell row-major, each size, each ratio r = h / w, a box of area size^2."""
+  out = []
+  for i in range(h):
+    for j in range(w):
+      cx, cy = (j + offset) * stride, (i + offset) * stride
+      for s in sizes:
+        for r in ratios:
+          bw, bh = s / math.sqrt(r), s * math.sqrt(r)
+          out.append([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
+  return np.array(out)
+
+
+def numpy_ssd_priors(feature_sizes, ratios, s_min=0.2, s_max=0.9):
+  """Loop transcription of SSD sec. 2.2 (per cell: s_k square, sqrt(s_k s_k+1) square, then each ratio and its
+  reciprocal), with s_m+1 = 1."""
+  m = len(feature_sizes)
+  scales = [s_min + (s_max - s_min) * k / (m - 1) for k in range(m)] + [1.0]
+  out = []
+  for k, f in enumerate(feature_sizes):
+    for i in range(f):
+      for j in range(f):
+        cx, cy = (j + 0.5) / f, (i + 0.5) / f
+        shapes = [(scales[k], scales[k])] + [(math.sqrt(scales[k] * scales[k + 1]),) * 2]
+        for a in ratios[k]:
+          shapes += [(scales[k] * math.sqrt(a), scales[k] / math.sqrt(a)),
+                     (scales[k] / math.sqrt(a), scales[k] * math.sqrt(a))]
+        out += [[cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2] for bw, bh in shapes]
+  return np.array(out)
+
+
+@pytest.mark.parametrize("offset", [0.5, 0.0])
+def test_grid_anchors_match_loop_transcription(offset):
+  got = A.grid_anchors((3, 5), stride=16, sizes=(32, 64, 128), aspect_ratios=(0.5, 1.0, 2.0), offset=offset)
+  np.testing.assert_allclose(got, numpy_grid_anchors(3, 5, 16, (32, 64, 128), (0.5, 1.0, 2.0), offset), rtol=1e-5,
+                             atol=1e-4)
+
+
+def test_ssd_priors_match_loop_transcription():
+  sizes, ratios = (5, 3, 1), ((2,), (2, 3), (2,))
+  np.testing.assert_allclose(A.ssd_priors(sizes, aspect_ratios=ratios), numpy_ssd_priors(sizes, ratios), rtol=1e-5,
+                             atol=1e-6)
+
+
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=5, max_size=5))
+def test_multilevel_counts_are_cells_times_anchors_per_cell(shapes):
+  cells = [h * w for h, w in shapes]
+  fpn, fpn_counts = A.fpn_anchors(shapes)
+  assert fpn_counts == tuple(3 * c for c in cells) and fpn.shape == (sum(fpn_counts), 4)
+  retina, retina_counts = A.retinanet_anchors(shapes)
+  assert retina_counts == tuple(9 * c for c in cells) and retina.shape == (sum(retina_counts), 4)
+  yolo = A.yolo_anchors(shapes[0], stride=16)
+  assert yolo.shape == (cells[0] * 3, 4)
+
+
+@given(st.lists(st.integers(1, 6), min_size=2, max_size=4), st.data())
+def test_ssd_count_is_cells_times_priors_per_cell(sizes, data):
+  ratios = [data.draw(st.sampled_from([(), (2,), (2, 3)])) for _ in sizes]
+  priors = A.ssd_priors(sizes, aspect_ratios=ratios)
+  assert priors.shape == (sum(f * f * (2 + 2 * len(r)) for f, r in zip(sizes, ratios)), 4)
+
+
+class AnchorsVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_generators_trace_with_static_shapes(self):
+    @self.variant
+    def generate():
+      grid = A.grid_anchors((4, 6), stride=8, sizes=(16, 32), aspect_ratios=(0.5, 2.0))
+      retina, _ = A.retinanet_anchors([(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)])
+      return grid, retina, A.yolo_anchors((2, 3), stride=32), A.ssd_priors((3, 1), aspect_ratios=((2,), ()))
+
+    grid, retina, yolo, ssd = generate()
+    chex.assert_shape(grid, (4 * 6 * 4, 4))
+    chex.assert_shape(retina, ((16 + 4 + 3) * 9, 4))
+    chex.assert_shape(yolo, (2 * 3 * 3, 4))
+    chex.assert_shape(ssd, (9 * 4 + 1 * 2, 4))
+    chex.assert_type([grid, retina, yolo, ssd], jnp.float32)
+    np.testing.assert_allclose(grid, numpy_grid_anchors(4, 6, 8, (16, 32), (0.5, 2.0)), rtol=1e-5, atol=1e-4)

@@ -1,13 +1,17 @@
-"""Box coders: references, round trips and degenerate inputs."""
+"""Box coders: NumPy / torchvision / course references, round trips, gradients, degenerate inputs, jit."""
 
+import functools
 import math
 
+import chex
+import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jax.test_util import check_grads
 
 from jaxdet.ops import coders as C
 
@@ -129,22 +133,121 @@ def test_centernet_round_trip_and_offsets():
   np.testing.assert_allclose(off[0], [0.5, 0.5])  # the middle of cell 2, whose centre is (2 + 0.5) * 4 = 10
 
 
-def test_degenerate_inputs_are_finite_with_finite_gradients():
-  bad = jnp.array([[0, 0, 0, 0], [5, 5, 1, 1], [0, 0, jnp.nan, 3], [1, 1, 4, 4]], jnp.float32)
-  anchors = jnp.array([[0, 0, 0, 10], [0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], jnp.float32)
-  f = lambda b, a: C.encode_boxes(b, a, weights=(10.0, 10.0, 5.0, 5.0))
-  assert np.all(np.isfinite(f(bad, anchors)[np.array([0, 1, 3])]))
-  for g in jax.grad(lambda b, a: jnp.nansum(f(b, a)), argnums=(0, 1))(bad, anchors):
-    assert np.all(np.isfinite(g))
-  g = jax.grad(lambda b: C.encode_yolov1(b, grid_size=(7, 7), image_size=(448, 448))[1].sum())(bad[:2])
-  assert np.all(np.isfinite(g))
-  g = jax.grad(lambda b: C.encode_yolo(b, jnp.ones((4, 2)), stride=8.0)[1].sum())(bad.at[2].set(0.0))
-  assert np.all(np.isfinite(g))
+@given(hnp.arrays(np.float32, (6, 4), elements=st.floats(0, 400, width=32)),
+       st.sampled_from([(7, 7), (13, 20)]), st.sampled_from([4.0, 8.0, 32.0]))
+def test_yolov1_ltrb_and_centernet_round_trips(raw, grid, stride):
+  # Valid boxes inside a 448 x 640 image: a corner plus a size of at least 1 px.
+  boxes = np.concatenate([raw[:, :2], raw[:, :2] + 1 + raw[:, 2:] / 4], axis=1)
+  decoded = _round_trips(boxes, grid, stride)
+  for name, back in decoded.items():
+    np.testing.assert_allclose(back, boxes, rtol=1e-4, atol=2e-2, err_msg=name)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_shapes_with_and_without_jit(jit):
-  f = jax.jit(C.decode_boxes) if jit else C.decode_boxes
-  out = f(jnp.zeros((2, 7, 4)), jnp.ones((2, 7, 4)) * jnp.array([0, 0, 4, 4.0]))
-  assert out.shape == (2, 7, 4)
-  np.testing.assert_allclose(out[0, 0], [0, 0, 4, 4])
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _round_trips(boxes, grid, stride):
+  cells, t = C.encode_yolov1(boxes, grid_size=grid, image_size=(448, 640))
+  points = (boxes[:, :2] + boxes[:, 2:]) / 2 + 0.25  # any point: l, t, r, b may be negative
+  out = {"yolov1": C.decode_yolov1(t, cells, grid_size=grid, image_size=(448, 640)),
+         "ltrb": C.decode_ltrb(C.encode_ltrb(boxes, points, stride=stride), points, stride=stride),
+         "centernet": C.decode_centernet(*C.encode_centernet(boxes, stride=stride), stride=stride)}
+  return out
+
+
+def _every_coder(boxes, anchors, deltas):
+  """One output vector from every differentiable encode / decode, so one compilation checks all gradients."""
+  w = (10.0, 10.0, 5.0, 5.0)
+  cells = jnp.array([[3, 4]] * boxes.shape[0])
+  points = (anchors[:, :2] + anchors[:, 2:]) / 2
+  parts = [C.encode_boxes(boxes, anchors, weights=w), C.decode_boxes(deltas, anchors, weights=w),
+           C.encode_yolov1(boxes, grid_size=(7, 7), image_size=(448, 448))[1],
+           C.decode_yolov1(jax.nn.sigmoid(deltas), cells, grid_size=(7, 7), image_size=(448, 448)),
+           C.encode_yolo(boxes, anchors[:, 2:] - anchors[:, :2], stride=32.0)[1],
+           C.decode_yolo(deltas, anchors[:, 2:] - anchors[:, :2], cells, stride=32.0),
+           C.encode_ltrb(boxes, points, stride=8.0), C.decode_ltrb(deltas, points, stride=8.0),
+           C.encode_centernet(boxes, stride=4.0)[1], C.encode_centernet(boxes, stride=4.0)[2],
+           C.decode_centernet(cells, deltas[:, :2], deltas[:, 2:] + 20, stride=4.0)]
+  return jnp.concatenate([p.ravel() for p in parts])
+
+
+def test_gradients_match_finite_differences():
+  rng = np.random.default_rng(6)
+  # Centres away from cell borders, where the cell index (a step function) would jump under the finite difference.
+  boxes = jnp.array([[10.3, 20.6, 60.2, 90.4], [100.1, 30.2, 180.7, 75.9]], jnp.float32)
+  anchors = jnp.array([[20.0, 15.0, 70.0, 80.0], [90.0, 40.0, 170.0, 80.0]], jnp.float32)
+  deltas = jnp.asarray(rng.normal(0, 0.5, (2, 4)), jnp.float32)
+  check_grads(jax.jit(_every_coder), (boxes, anchors, deltas), order=1, modes=["rev"], atol=5e-2, rtol=5e-2,
+              eps=1e-2)
+
+
+DEGENERATE = jnp.array([[0, 0, 0, 0], [5, 5, 1, 1], [0, 0, jnp.nan, 3], [0, 0, jnp.inf, 3], [-jnp.inf, 0, 4, 4]],
+                       jnp.float32)
+
+
+def test_degenerate_boxes_encode_to_zero_with_zero_finite_gradients():
+  anchors = jnp.broadcast_to(jnp.array([0.0, 0.0, 10.0, 10.0]), DEGENERATE.shape)
+
+  def encodings(b):
+    return {"faster_rcnn": C.encode_boxes(b, anchors, weights=(10.0, 10.0, 5.0, 5.0)),
+            "yolov1": C.encode_yolov1(b, grid_size=(7, 7), image_size=(448, 448)),
+            "yolo": C.encode_yolo(b, jnp.ones((5, 2)), stride=8.0),
+            "centernet": C.encode_centernet(b, stride=4.0)}
+
+  for name, out in jax.jit(encodings)(DEGENERATE).items():
+    for part in jax.tree.leaves(out):
+      np.testing.assert_array_equal(part, 0, err_msg=name)  # targets 0, cell (0, 0)
+  total = lambda b: sum(jnp.sum(p) for p in jax.tree.leaves(encodings(b)) if p.dtype == jnp.float32)
+  grad = jax.jit(jax.grad(total))(DEGENERATE)
+  np.testing.assert_array_equal(grad, 0)
+  # A degenerate anchor: zero targets as well; FCOS distances to an empty box are finite, to a NaN box zero.
+  np.testing.assert_array_equal(C.encode_boxes(anchors, DEGENERATE), 0)
+  ltrb = C.encode_ltrb(DEGENERATE, jnp.array([2.0, 2.0]))
+  np.testing.assert_allclose(ltrb[:2], [[2, 2, -2, -2], [-3, -3, -1, -1]])
+  np.testing.assert_array_equal(ltrb[2:], 0)
+
+
+def test_decoders_are_finite_for_any_anchor_and_clamp_the_scale():
+  deltas = jnp.array([[0.5, -0.5, 100.0, 100.0]] * 5, jnp.float32)  # exp(100) would overflow without the clamp
+  out = C.decode_boxes(deltas, DEGENERATE, weights=(10.0, 10.0, 5.0, 5.0))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_array_equal(out[2:], 0)  # a NaN / inf anchor decodes as the empty box at the origin
+  grads = jax.grad(lambda d, a: C.decode_boxes(d, a).sum(), argnums=(0, 1))(deltas, DEGENERATE)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+  big = C.decode_yolo(jnp.array([[50.0, -50.0, 100.0, 100.0]]), jnp.array([[10.0, 20.0]]), jnp.array([[1, 2]]),
+                      stride=16.0)
+  assert np.all(np.isfinite(big))
+  np.testing.assert_allclose(big[0, 2] - big[0, 0], 10 * 1000 / 16, rtol=1e-5)
+
+
+class CodersVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_shapes_dtypes_and_round_trips(self):
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 2 * 6, scale=150.0).reshape(2, 6, 4)
+    anchors = random_boxes(rng, 2 * 6, scale=150.0).reshape(2, 6, 4)
+
+    @self.variant
+    def coders(b, a):
+      w = (10.0, 10.0, 5.0, 5.0)
+      deltas = C.encode_boxes(b, a, weights=w)
+      cells1, t1 = C.encode_yolov1(b, grid_size=(7, 7), image_size=(448, 448))
+      cells2, t2 = C.encode_yolo(b, a[..., 2:] - a[..., :2], stride=16.0)
+      ltrb = C.encode_ltrb(b, a[..., :2], stride=8.0)
+      cells3, offsets, sizes = C.encode_centernet(b, stride=4.0)
+      return {"deltas": deltas, "faster_rcnn": C.decode_boxes(deltas, a, weights=w),
+              "cells": (cells1, cells2, cells3), "yolov1": C.decode_yolov1(t1, cells1, grid_size=(7, 7),
+                                                                            image_size=(448, 448)),
+              "t_yolo": t2, "ltrb": C.decode_ltrb(ltrb, a[..., :2], stride=8.0),
+              "centernet": C.decode_centernet(cells3, offsets, sizes, stride=4.0)}
+
+    out = coders(boxes, anchors)
+    chex.assert_shape([out["deltas"], out["faster_rcnn"], out["yolov1"], out["t_yolo"], out["ltrb"],
+                       out["centernet"]], (2, 6, 4))
+    chex.assert_shape(list(out["cells"]), (2, 6, 2))
+    chex.assert_type(list(out["cells"]), jnp.int32)
+    chex.assert_type([out["deltas"], out["faster_rcnn"]], jnp.float32)
+    for name in ("faster_rcnn", "yolov1", "ltrb", "centernet"):
+      np.testing.assert_allclose(out[name], boxes, rtol=1e-4, atol=2e-2, err_msg=name)
+    for k in range(2):
+      np.testing.assert_allclose(out["deltas"][k], numpy_encode(boxes[k], anchors[k], (10, 10, 5, 5)), rtol=1e-4,
+                                 atol=1e-4)

@@ -65,6 +65,11 @@ def _random_boxes(rng, n, size=100.0):
   return np.round(np.concatenate([xy, xy + wh], axis=1)).astype(np.float32)
 
 
+_match = jax.jit(match_boxes, static_argnames=("fg_threshold", "bg_threshold", "bg_low_threshold",
+                                               "allow_low_quality_matches", "crowd_ioa_threshold"))
+_match_rpn = jax.jit(match_rpn)
+
+
 @pytest.mark.parametrize("preset", ["rpn", "fast_rcnn", "single"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_loop_reference(preset, seed):
@@ -75,8 +80,8 @@ def test_matches_loop_reference(preset, seed):
   crowd = rng.uniform(size=8) < 0.2
   fg, bg, low, lq = {"rpn": (0.7, 0.3, 0.0, True), "fast_rcnn": (0.5, 0.5, 0.1, False),
                      "single": (0.5, 0.4, 0.0, False)}[preset]
-  result = jax.jit(lambda a, g, v, c: match_boxes(a, g, v, fg_threshold=fg, bg_threshold=bg, bg_low_threshold=low,
-                                                   allow_low_quality_matches=lq, gt_crowd=c))(anchors, gt, valid, crowd)
+  result = _match(anchors, gt, valid, fg_threshold=fg, bg_threshold=bg, bg_low_threshold=low,
+                  allow_low_quality_matches=lq, gt_crowd=crowd)
   want_labels, want_iou = _match_reference(anchors, gt, valid, crowd, fg, bg, low, lq)
   np.testing.assert_array_equal(np.asarray(result.labels), want_labels)
   np.testing.assert_allclose(np.asarray(result.max_iou), want_iou, rtol=1e-6, atol=1e-7)
@@ -100,7 +105,7 @@ def test_presets_equal_explicit_thresholds():
 def test_low_quality_match_forces_best_anchor_of_each_ground_truth():
   anchors = jnp.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], jnp.float32)
   gt = jnp.array([[0, 0, 20, 20], [50, 50, 70, 70]], jnp.float32)  # IoU 0.25 with anchors 0 and 2
-  result = match_rpn(anchors, gt, jnp.array([True, True]))
+  result = _match_rpn(anchors, gt, jnp.array([True, True]))
   np.testing.assert_array_equal(np.asarray(result.labels), [FOREGROUND, BACKGROUND, FOREGROUND])
   np.testing.assert_array_equal(np.asarray(result.matched_gt)[[0, 2]], [0, 1])
 
@@ -108,7 +113,7 @@ def test_low_quality_match_forces_best_anchor_of_each_ground_truth():
 def test_all_padding_ground_truth_makes_everything_background():
   anchors = jnp.array([[0, 0, 10, 10], [5, 5, 30, 30]], jnp.float32)
   gt = jnp.array([[0, 0, 10, 10], [0, 0, 0, 0]], jnp.float32)
-  result = match_rpn(anchors, gt, jnp.array([False, False]))
+  result = _match_rpn(anchors, gt, jnp.array([False, False]))
   np.testing.assert_array_equal(np.asarray(result.labels), [BACKGROUND, BACKGROUND])
   np.testing.assert_array_equal(np.asarray(result.max_iou), [0.0, 0.0])
 
@@ -129,7 +134,7 @@ def test_crowd_region_ignores_covered_anchors_and_is_never_matched():
 def test_degenerate_and_nan_boxes_are_ignored_and_finite():
   anchors = jnp.array([[0, 0, 10, 10], [5, 5, 5, 9], [jnp.nan, 0, 4, 4], [0, 0, jnp.inf, 4]], jnp.float32)
   gt = jnp.array([[0, 0, 10, 10], [jnp.nan, 1, 2, 3], [3, 3, 1, 1]], jnp.float32)
-  result = match_rpn(anchors, gt, jnp.ones(3, bool))
+  result = _match_rpn(anchors, gt, jnp.ones(3, bool))
   np.testing.assert_array_equal(np.asarray(result.labels), [FOREGROUND, IGNORE, IGNORE, IGNORE])
   assert np.all(np.isfinite(np.asarray(result.max_iou)))
   assert int(result.matched_gt[0]) == 0
@@ -140,20 +145,38 @@ def test_vmap_over_images_and_shapes():
   anchors = _random_boxes(rng, 30)
   gts = np.stack([_random_boxes(rng, 4) for _ in range(3)])
   valid = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
-  batched = jax.vmap(lambda g, v: match_rpn(anchors, g, v))(gts, valid)
+  batched = jax.jit(jax.vmap(lambda g, v: match_rpn(anchors, g, v)))(gts, valid)
   chex.assert_shape([batched.labels, batched.matched_gt, batched.max_iou], (3, 30))
   for b in range(3):
-    single = match_rpn(anchors, gts[b], valid[b])
+    single = _match_rpn(anchors, gts[b], valid[b])
     np.testing.assert_array_equal(np.asarray(batched.labels[b]), np.asarray(single.labels))
 
 
 @hypothesis.given(hnp.arrays(np.float32, (12, 4), elements=hypothesis.strategies.floats(0, 50, width=32)),
                   hnp.arrays(np.float32, (3, 4), elements=hypothesis.strategies.floats(0, 50, width=32)))
 def test_labels_are_consistent_with_iou(anchors, gt):
-  result = match_boxes(anchors, gt, np.ones(3, bool), fg_threshold=0.5, bg_threshold=0.4)
+  result = _match(anchors, gt, np.ones(3, bool), fg_threshold=0.5, bg_threshold=0.4)
   labels, iou = np.asarray(result.labels), np.asarray(result.max_iou)
   valid_anchor = (anchors[:, 2] > anchors[:, 0]) & (anchors[:, 3] > anchors[:, 1])
   assert np.all(labels[~valid_anchor] == IGNORE)
   assert np.all(iou[valid_anchor & (labels == FOREGROUND)] >= 0.5)
   assert np.all(iou[valid_anchor & (labels == BACKGROUND)] < 0.4)
   assert np.all((iou >= 0) & (iou <= 1))
+
+
+class MatchingVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_labels_and_shapes_with_and_without_jit(self):
+    rng = np.random.default_rng(11)
+    anchors, gt = _random_boxes(rng, 50), _random_boxes(rng, 6)
+    valid = np.array([True, True, True, True, False, False])  # padded ground truth
+    crowd = np.array([False, False, False, True, False, False])
+    result = self.variant(match_rpn)(anchors, gt, valid, crowd)
+    chex.assert_shape([result.labels, result.matched_gt, result.max_iou], (50,))
+    chex.assert_type([result.labels, result.matched_gt, result.max_iou], [jnp.int32, jnp.int32, jnp.float32])
+    want, want_iou = _match_reference(anchors, gt, valid, crowd, 0.7, 0.3, 0.0, True)
+    np.testing.assert_array_equal(np.asarray(result.labels), want)
+    np.testing.assert_allclose(np.asarray(result.max_iou), want_iou, rtol=1e-6, atol=1e-7)
+    empty = self.variant(match_rpn)(anchors, gt, np.zeros(6, bool), crowd)  # all padding
+    np.testing.assert_array_equal(np.asarray(empty.labels), BACKGROUND)
