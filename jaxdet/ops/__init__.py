@@ -24,3 +24,7 @@ from jaxdet.ops.soft_nms import soft_nms
 from jaxdet.ops.softer_nms import variance_voting
 from jaxdet.ops.iou_guided_nms import iou_guided_nms
 from jaxdet.ops.peaks import heatmap_peaks, local_maxima
+from jaxdet.ops.roi_align import roi_align
+from jaxdet.ops.roi_pool import roi_pool
+from jaxdet.ops.prroi_pool import prroi_pool
+from jaxdet.ops.roi_levels import fpn_levels, multilevel_roi_align
