@@ -1,4 +1,5 @@
-"""Evaluates a checkpoint of --workdir on a split: the COCO table, DIR/eval_<split>.json, the results json, PR curves.
+"""Evaluates a checkpoint of --workdir on a split: the COCO table, DIR/eval_<split>.json, the results json, PR curves,
+and a record in DIR/metrics.jsonl (keys `eval_<split>/AP`, ...).
 
   python experiments/eval.py --config=experiments/configs/centernet_shapes.py --workdir=runs/centernet_shapes \
       [--split=test] [--checkpoint=latest|best|STEP] [--config.flip_test=True]
@@ -19,6 +20,7 @@ from jaxdet.train import inputs  # noqa: E402
 from jaxdet.train.evaluate import evaluate_split, make_predict_fn, write_evaluation  # noqa: E402
 from jaxdet.train.loop import build_model, restore_variables  # noqa: E402
 from jaxdet.train.parallel import make_mesh, replicate  # noqa: E402
+from jaxdet.train.writers import MetricWriter  # noqa: E402
 
 SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split).")
 CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best (by validation AP), or a step number.")
@@ -36,7 +38,10 @@ def main(argv):
   evaluator = evaluate_split(make_predict_fn(detector, flip_test=config.flip_test), replicate(variables, mesh),
                              source, inputs.eval_loader(config, source), mesh)
   if jax.process_index() == 0:
-    write_evaluation(evaluator, workdir, split, step=step)
+    metrics = write_evaluation(evaluator, workdir, split, step=step)
+    writer = MetricWriter(workdir)  # appends to metrics.jsonl, as train.py does
+    writer.write(step, metrics | {"flip_test": float(config.flip_test)}, prefix=f"eval_{split}/")
+    writer.close()
     print(f"checkpoint step {step}, split {split}{' (flip test)' if config.flip_test else ''}:")
     print(evaluator.summary())
     print(f"wrote {os.path.join(workdir, f'eval_{split}.json')}, results_{split}.json and pr_{split}.png")

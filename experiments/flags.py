@@ -9,6 +9,9 @@ from ml_collections import config_flags
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/NAME.py).",
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                "Join a multi-host run that jax.distributed detects by itself (SLURM, Open MPI, "
+                                "Cloud TPU, ...), without --coordinator_address.")
 COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                   "host:port of process 0, for multi-host runs (jax.distributed).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
@@ -17,8 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def initialize_distributed() -> None:
-  """Joins the multi-host run when --coordinator_address is given (else, on a cluster jax detects, nothing)."""
-  if COORDINATOR.value:
+  """Joins the multi-host run given by --coordinator_address (or detected, with --distributed); else nothing.
+
+  Without either flag a process runs alone, even on a cluster: every process would be process 0 of 1.
+  """
+  if COORDINATOR.value or DISTRIBUTED.value:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
                                process_id=PROCESS_ID.value)

@@ -3,12 +3,14 @@
   python experiments/predict.py --config=experiments/configs/centernet_shapes.py --workdir=runs/centernet_shapes \
       --images='photos/*.png' --out_dir=runs/centernet_shapes/predictions
   python experiments/predict.py ... --split=test --max_images=16
+
+The results json (`OUT_DIR/results.json`, every detection, COCO ids of the training data) is what pycocotools'
+`loadRes` reads; PNGs show the detections scoring above --score_threshold.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 
@@ -19,9 +21,9 @@ from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from experiments import flags as jflags  # noqa: E402
-from jaxdet.data.loader import make_loader  # noqa: E402
 from jaxdet.data.source import ListSource, make_example  # noqa: E402
 from jaxdet.data.visualize import draw_boxes, save_png  # noqa: E402
+from jaxdet.eval import CocoEvaluator  # noqa: E402
 from jaxdet.train import inputs  # noqa: E402
 from jaxdet.train.evaluate import make_predict_fn, predict_split  # noqa: E402
 from jaxdet.train.loop import build_model, restore_variables  # noqa: E402
@@ -35,21 +37,26 @@ SCORE = flags.DEFINE_float("score_threshold", 0.3, "Draw detections scoring abov
 MAX_IMAGES = flags.DEFINE_integer("max_images", 32, "At most this many PNGs.")
 
 
-def image_source(pattern: str, class_names) -> ListSource:
-  """Returns the image files matching `pattern` as a source without annotations (ids 1..N in sorted order)."""
-  paths = sorted(glob.glob(pattern))
-  if not paths:
-    raise FileNotFoundError(f"--images={pattern!r} matches no file")
-  examples = []
-  for i, path in enumerate(paths, start=1):
-    try:
-      image = np.asarray(Image.open(path).convert("RGB"))
-    except OSError as e:
-      raise OSError(f"cannot read image {path}: {e}") from e
-    examples.append(make_example(image, np.zeros((0, 4)), np.zeros((0,)), image_id=i))
-  source = ListSource(examples, class_names)
-  source.paths = paths
-  return source
+class ImageFiles(ListSource):
+  """The image files matching a glob, without annotations: image ids 1..N in sorted path order."""
+
+  def __init__(self, pattern: str, class_names, category_ids):
+    self.paths = sorted(glob.glob(pattern))
+    if not self.paths:
+      raise FileNotFoundError(f"--images={pattern!r} matches no file")
+    examples = []
+    for i, path in enumerate(self.paths, start=1):
+      try:
+        image = np.asarray(Image.open(path).convert("RGB"))
+      except OSError as e:
+        raise OSError(f"cannot read image {path}: {e}") from e
+      examples.append(make_example(image, np.zeros((0, 4)), np.zeros((0,)), image_id=i))
+    super().__init__(examples, class_names)
+    self._category_ids = list(category_ids)
+
+  @property
+  def category_ids(self):
+    return self._category_ids
 
 
 def main(argv):
@@ -58,39 +65,36 @@ def main(argv):
   if (IMAGES.value is None) == (SPLIT.value is None):
     raise app.UsageError("give exactly one of --images and --split")
   reference = inputs.build_source(config, SPLIT.value or config.data.eval_split)
-  source = image_source(IMAGES.value, reference.class_names) if IMAGES.value else reference
+  if IMAGES.value:
+    source = ImageFiles(IMAGES.value, reference.class_names, reference.category_ids)
+    names = [os.path.splitext(os.path.basename(p))[0] for p in source.paths]
+  else:
+    source, names = reference, None
   detector = build_model(config, reference.num_classes)
   variables, step = restore_variables(config, workdir, detector, which=CHECKPOINT.value)
   mesh = make_mesh()
-  loader = make_loader(source, batch_size=config.eval_batch_size, image_size=config.data.image_size, train=False,
-                       max_boxes=config.data.max_boxes, eval_resize=config.data.eval_resize, shard_index=0,
-                       shard_count=1)
   out_dir = OUT_DIR.value or os.path.join(workdir, "predictions")
   os.makedirs(out_dir, exist_ok=True)
-  results, drawn, position = [], 0, 0
+  # The evaluator turns detections into COCO results (and scores them against the split's ground truth).
+  evaluator = CocoEvaluator(source.coco_ground_truth(), source.category_ids)
   predict = make_predict_fn(detector, flip_test=config.flip_test)
-  for meta, dets in predict_split(predict, replicate(variables, mesh), loader, mesh):
+  drawn = position = 0
+  for meta, dets in predict_split(predict, replicate(variables, mesh), inputs.eval_loader(config, source), mesh):
+    evaluator.add(meta["image_id"], dets["boxes"], dets["scores"], dets["classes"], dets["valid"])
     for b in np.nonzero(meta["example_valid"])[0]:
-      image_id = int(meta["image_id"][b])
-      keep = dets["valid"][b]
-      for box, score, cls in zip(dets["boxes"][b][keep], dets["scores"][b][keep], dets["classes"][b][keep]):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if x2 > x1 and y2 > y1:
-          results.append({"image_id": image_id, "category_id": int(source.category_ids[int(cls)]),
-                          "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                          "score": round(float(score), 5)})
       if drawn < MAX_IMAGES.value:
-        shown = keep & (dets["scores"][b] > SCORE.value)
+        shown = dets["valid"][b] & (dets["scores"][b] > SCORE.value)
         picture = draw_boxes(source[position]["image"], dets["boxes"][b], labels=dets["classes"][b],
                              scores=dets["scores"][b], class_names=source.class_names, valid=shown)
-        name = os.path.splitext(os.path.basename(source.paths[position]))[0] if IMAGES.value else str(image_id)
+        name = names[position] if names else str(int(meta["image_id"][b]))
         save_png(os.path.join(out_dir, f"{name}.png"), picture)
         drawn += 1
       position += 1
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f)
-  print(f"checkpoint step {step}: {position} images, {len(results)} detections -> {out_dir}/results.json, "
-        f"{drawn} PNGs in {out_dir}")
+  evaluator.write_results(os.path.join(out_dir, "results.json"))
+  print(f"checkpoint step {step}: {position} images, {len(evaluator.results())} detections -> "
+        f"{out_dir}/results.json, {drawn} PNGs in {out_dir}")
+  if not IMAGES.value:
+    print(evaluator.summary())
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ Evaluation: no shuffle, no augmentation, one pass in stored order; the last batc
 size, and every host yields the same number of batches (`Loader.num_batches`) so multi-host steps stay in
 lockstep; `example_valid` is False on padding.
 
-A batch is the layout of `jaxdet.data.source` (uint8 images; normalise on device with `normalize_image`) plus
+A batch is the layout of `jaxdet.data.source` (uint8 images; the detector normalises them on device) plus
   example_valid   bool `[B]`: False on eval padding (all True in training).
   num_truncated   int32 `[B]`: objects dropped because the image had more than `max_boxes` (the first
                   `max_boxes` are kept); log its sum — truncation is never silent.

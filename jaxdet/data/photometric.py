@@ -1,7 +1,7 @@
-"""Photometric transforms: CenterNet's colour jitter on one example, and the on-device input normalisation.
+"""Photometric transforms: CenterNet's colour jitter on one example.
 
-The loader yields uint8 images (4x less to copy to the device than float32); the train and eval steps call
-`normalize_image` on device, inside jit, so the host never touches float images.
+The loader yields uint8 images; the detector normalises them on device (`jaxdet.ops.images.normalize_image`,
+re-exported here), so the host never touches float images.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdet.data.source import Example
-
-# ImageNet statistics in pixel units (0..255), RGB.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image  # noqa: F401  (re-exported)
 
 # ImageNet RGB covariance eigen-decomposition (AlexNet's "lighting" noise, values as in fb.resnet.torch), for
 # pixels in 0..1; scaled by 255 where used.
@@ -87,20 +84,3 @@ def color_jitter(example: Example, *, rng: np.random.Generator, brightness: floa
   alpha = rng.normal(0.0, lighting, 3) if lighting > 0 else (0.0, 0.0, 0.0)
   return {**example, "image": adjust_color(image, brightness=b, contrast=c, saturation=s, order=order,
                                            lighting=alpha)}
-
-
-def normalize_image(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
-                    dtype=np.float32):
-  """Returns `(images - mean) / std` in `dtype`, for uint8 `[..., 3]` images as NumPy or JAX arrays.
-
-  A NumPy input gives a NumPy array; a JAX array (or a tracer, inside jit) gives a JAX array — the train step
-  calls this on device on the loader's uint8 batch. `mean` and `std` are per channel in pixel units (0..255).
-  """
-  if isinstance(images, np.ndarray):
-    xp = np
-  else:
-    import jax.numpy as xp  # pylint: disable=g-import-not-at-top  (keeps jax out of data-loading workers)
-  images = xp.asarray(images).astype(xp.float32)
-  mean = xp.asarray(mean, xp.float32)
-  inv_std = 1.0 / xp.asarray(std, xp.float32)
-  return ((images - mean) * inv_std).astype(dtype)

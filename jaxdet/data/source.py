@@ -16,7 +16,9 @@ One example (NumPy, one image) — what `source[i]` returns and every transform 
 A batch (what the loader yields and `Detector.assign` reads) stacks examples and pads the per-box fields to
 `max_boxes` with a bool `valid [B, max_boxes]` mask: `image [B, H, W, 3]` uint8, `boxes [B, M, 4]`,
 `labels [B, M]`, `crowd [B, M]`, `difficult [B, M]`, `valid [B, M]`, `image_id [B]`, `orig_size [B, 2]`,
-`frame [B, 4]`. Padded slots are zeros and `valid=False`; no sentinel values.
+`frame [B, 4]`, plus `example_valid [B]` (False on the padding that fills the last evaluation batch) and
+`num_truncated [B]` (objects beyond `max_boxes`, dropped and counted). Padded slots are zeros and `valid=False`;
+no sentinel values. Images stay uint8 up to the device; the model normalises them.
 """
 
 from __future__ import annotations

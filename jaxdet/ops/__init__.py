@@ -11,7 +11,9 @@ from jaxdet.ops.boxes import (box_area, clip_boxes, cxcywh_to_xyxy, flip_boxes, 
                               xywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh)
 from jaxdet.ops.coders import (decode_boxes, decode_centernet, decode_ltrb, decode_yolo, decode_yolov1,
                                encode_boxes, encode_centernet, encode_ltrb, encode_yolo, encode_yolov1)
-from jaxdet.ops.iou import elementwise_iou, pairwise_iou
+from jaxdet.ops.heatmaps import gaussian_radius, splat_gaussians
+from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+from jaxdet.ops.iou import elementwise_iou, iou_valid_box, pairwise_iou
 from jaxdet.ops.kmeans import kmeans_anchors, wh_iou
 from jaxdet.ops.losses import (centerness_target, ciou_loss, diou_loss, giou_loss, iou_loss, kl_loss,
                                penalty_reduced_focal_loss, sigmoid_binary_cross_entropy, sigmoid_focal_loss,

@@ -37,7 +37,8 @@ def splat_gaussians(centers: jax.Array, radii: jax.Array, labels: jax.Array, val
 
   Args:
     centers: int `[M, 2]` (row i, column j) centre cells. radii: int `[M]` radius >= 0.
-    labels: int `[M]` class index. valid: bool `[M]`; invalid objects add nothing.
+    labels: int `[M]` class index; objects with a label outside `[0, num_classes)` add nothing.
+    valid: bool `[M]`; invalid objects add nothing.
     shape: (h, w) of the output map (static). num_classes: static.
   """
   h, w = shape
@@ -51,5 +52,7 @@ def splat_gaussians(centers: jax.Array, radii: jax.Array, labels: jax.Array, val
   g = jnp.exp(-(dx * dx + dy * dy).astype(jnp.float32) / (2.0 * sigma[:, None, None] ** 2))
   g = jnp.where(inside, g, 0.0)  # [M, h, w]
   heatmap = jnp.zeros((h, w, num_classes), jnp.float32)
-  labels = jnp.clip(jnp.asarray(labels, jnp.int32), 0, num_classes - 1)
-  return heatmap.at[:, :, labels].max(jnp.transpose(g, (1, 2, 0)))
+  # Labels outside [0, num_classes) splat nothing (their index is clamped only to stay in bounds).
+  labels = jnp.asarray(labels, jnp.int32)
+  g = jnp.where(((labels >= 0) & (labels < num_classes))[:, None, None], g, 0.0)
+  return heatmap.at[:, :, jnp.clip(labels, 0, num_classes - 1)].max(jnp.transpose(g, (1, 2, 0)))

@@ -26,7 +26,7 @@ class _QuietPeriodicSaves(logging.Filter):
     return _TRACKED_METRIC_WARNING not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_QuietPeriodicSaves())
+_QUIET = _QuietPeriodicSaves()
 
 
 class Checkpointer:
@@ -42,15 +42,16 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike[str], *, keep_last: int = 2, keep_best: int = 1,
                best_metric: str = "AP", async_save: bool = True):
+    logging.getLogger("absl").addFilter(_QUIET)  # idempotent: a logger holds a filter once
     self.best_metric = best_metric
     policy = preservation_policy.AnyPreservationPolicy([
         preservation_policy.LatestN(keep_last),
         preservation_policy.BestN(get_metric_fn=lambda m: m[best_metric], n=keep_best,
                                   keep_checkpoints_without_metrics=False),
     ])
+    # The preservation policy decides what is kept; `best_fn` is still needed for `best_step()`.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m[best_metric],
-                                           best_mode="max", keep_checkpoints_without_metrics=True,
-                                           enable_async_checkpointing=async_save, create=True)
+                                           best_mode="max", enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
   def latest_step(self) -> int | None:
@@ -63,9 +64,6 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
-
-  def metrics(self, step: int) -> Mapping[str, float] | None:
-    return self._manager.metrics(step)
 
   def save(self, step: int, state: Any, *, loader: Any = None, metrics: Mapping[str, float] | None = None,
            force: bool = False) -> None:

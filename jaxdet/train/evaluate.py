@@ -9,13 +9,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxdet.data.loader import Loader
 from jaxdet.data.source import DetectionSource, to_original_frame
 from jaxdet.eval import CocoEvaluator, plot_pr_curves
 from jaxdet.models.detector import Detector
-from jaxdet.train.parallel import shard_batch, to_host
+from jaxdet.train.parallel import gather_host_values, shard_batch, to_host
 from jaxdet.train.progress import Progress
 from jaxdet.train.state import predict_step
 
@@ -23,14 +22,6 @@ from jaxdet.train.state import predict_step
 def make_predict_fn(detector: Detector, *, flip_test: bool = False):
   """Returns the jitted `predict(variables, images) -> Detections` (compiled once per image shape)."""
   return jax.jit(functools.partial(predict_step, detector=detector, flip_test=flip_test))
-
-
-def _host_values(batch: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-  """This host's `keys` of `batch`, concatenated over all hosts in process order (the global batch order)."""
-  local = {k: np.asarray(batch[k]) for k in keys}
-  if jax.process_count() == 1:
-    return local
-  return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(local, tiled=True).items()}
 
 
 def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_progress: bool = True):
@@ -42,11 +33,9 @@ def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_prog
   """
   progress = Progress(loader.num_batches or 0, desc="eval", enabled=show_progress and jax.process_index() == 0)
   for i, batch in enumerate(loader):
-    if loader.num_batches is not None and i >= loader.num_batches:
-      break
     images = shard_batch({"image": batch["image"]}, mesh)["image"]
     dets = to_host(predict_fn(variables, images))
-    meta = _host_values(batch, ("image_id", "orig_size", "frame", "example_valid"))
+    meta = gather_host_values({k: batch[k] for k in ("image_id", "orig_size", "frame", "example_valid")})
     boxes = to_original_frame(np.asarray(dets.boxes, np.float32), meta["frame"])
     h = meta["orig_size"][:, 0, None].astype(np.float32)
     w = meta["orig_size"][:, 1, None].astype(np.float32)
@@ -60,17 +49,24 @@ def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_prog
 
 
 def evaluate_split(predict_fn, variables: Any, source: DetectionSource, loader: Loader, mesh, *,
-                   show_progress: bool = True) -> CocoEvaluator:
-  """Returns a `CocoEvaluator` holding the detections of every example of `source` (see `predict_split`)."""
-  evaluator = CocoEvaluator(source.coco_ground_truth(), source.category_ids)
+                   ground_truth: Any = None, show_progress: bool = True) -> CocoEvaluator:
+  """Returns a `CocoEvaluator` holding the detections of every example of `source` (see `predict_split`).
+
+  `ground_truth`: `source.coco_ground_truth()`, when the caller already has it (it can cost a pass over the data).
+  """
+  ground_truth = source.coco_ground_truth() if ground_truth is None else ground_truth
+  evaluator = CocoEvaluator(ground_truth, source.category_ids)
   for meta, dets in predict_split(predict_fn, variables, loader, mesh, show_progress=show_progress):
     evaluator.add(meta["image_id"], dets["boxes"], dets["scores"], dets["classes"], dets["valid"])
   return evaluator
 
 
 def write_evaluation(evaluator: CocoEvaluator, directory: str, split: str, *, step: int) -> dict[str, float]:
-  """Writes `eval_<split>.json` (the 12 COCO numbers, per-class AP, step), `results_<split>.json` (COCO results
-  that pycocotools reads) and `pr_<split>.png`; returns the metrics. Call on process 0."""
+  """Returns the metrics, after writing `eval_<split>.json`, `results_<split>.json` and `pr_<split>.png`.
+
+  `eval_<split>.json` holds the 12 COCO numbers, per-class AP and the step; `results_<split>.json` the COCO results
+  that pycocotools reads. Call on process 0.
+  """
   metrics = evaluator.evaluate()
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, f"eval_{split}.json"), "w") as f:

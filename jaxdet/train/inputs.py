@@ -53,7 +53,11 @@ def _per_host(global_batch: int, what: str) -> int:
 def train_loader(config: Any, source: DetectionSource) -> Loader:
   """Returns this host's training loader: `config.batch_size` is the global batch over all hosts."""
   data = config.data
-  augment = Augment(**dict(data.get("augment", {})))
+  options = dict(data.get("augment", {}))
+  scale_range = options.get("scale_range")
+  if scale_range is not None and (len(scale_range) == 0 or None in tuple(scale_range)):
+    options["scale_range"] = None  # `--config.data.augment.scale_range=()` (or None): letterbox, no scale + crop
+  augment = Augment(**options)
   return make_loader(source, batch_size=_per_host(config.batch_size, "config.batch_size"),
                      image_size=data.image_size, train=True, max_boxes=data.max_boxes, seed=config.seed,
                      augment=augment, mosaic_prob=data.get("mosaic_prob", 0.0),

@@ -9,15 +9,13 @@ a checkpoint ranked by AP, every `checkpoint_every` steps save one.
 from __future__ import annotations
 
 import functools
-import logging
-import math
 import os
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from jaxdet.eval import format_summary
 from jaxdet.models import build_detector
 from jaxdet.models.detector import Detector
 from jaxdet.train import inputs
@@ -59,22 +57,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = iter(loader)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.keep_checkpoints)
+  writer = MetricWriter(workdir, enabled=is_main)
   start = checkpointer.latest_step()
   if start is not None:
     state = checkpointer.restore(start, state, loader=batches)
-    logging.info("resumed from step %d in %s", start, workdir)
+    # Records after this line supersede any for the same steps written before the run was interrupted.
+    writer.write(start, {"resumed": 1.0})
   state = replicate(state, mesh)
   step_fn = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0,
                     out_shardings=(replicated(mesh), replicated(mesh)))
   predict_fn = make_predict_fn(detector, flip_test=config.get("flip_test", False))
 
-  writer = MetricWriter(workdir, enabled=is_main)
   progress = Progress(config.total_steps, initial=int(state.step), enabled=is_main)
+  if start is not None:
+    progress.write(f"resumed from step {start} in {workdir}")
+  ground_truth = eval_source.coco_ground_truth()
 
   def evaluate(state: TrainState, step: int) -> dict[str, float]:
     # Every process holds every detection (gathered), so each computes the same metrics; process 0 writes them.
     evaluator = evaluate_split(predict_fn, state.variables(), eval_source, inputs.eval_loader(config, eval_source),
-                               mesh, show_progress=False)
+                               mesh, ground_truth=ground_truth, show_progress=False)
     if not is_main:
       return evaluator.evaluate()
     metrics = write_evaluation(evaluator, workdir, config.data.eval_split, step=step)
@@ -82,22 +84,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(step, metrics, prefix="val/")
     return metrics
 
+  def check_finite(metrics, step: int) -> None:
+    # Before every save and log: a non-finite state is never checkpointed, and the run stops with a pointer to
+    # the newest checkpoint, which is finite by this check.
+    if not bool(to_host(metrics["finite"])):
+      checkpointer.wait()
+      raise FloatingPointError(f"non-finite loss, gradient or parameters at step {step} (loss "
+                               f"{float(to_host(metrics['loss']))}); the newest checkpoint, step "
+                               f"{checkpointer.latest_step()} in {workdir}, is finite")
+
   first = int(state.step)
   final_metrics: dict[str, float] = {}
+  truncated = 0
   for step in range(first + 1, config.total_steps + 1):
     batch = next(batches)
     state, metrics = step_fn(state, shard_batch({k: batch[k] for k in MODEL_KEYS}, mesh))
     num_images = batch["image"].shape[0] * jax.process_count()
+    truncated += int(np.sum(batch["num_truncated"]))
     if step % config.log_every == 0 or step == config.total_steps:
-      host = {k: float(v) for k, v in to_host(metrics).items()}
-      if not math.isfinite(host["loss"]):
-        checkpointer.wait()
-        raise FloatingPointError(f"loss is {host['loss']} at step {step}; the newest good checkpoint is step "
-                                 f"{checkpointer.latest_step()} in {workdir}")
+      check_finite(metrics, step)
+      host = {k: float(v) for k, v in to_host(metrics).items() if k != "finite"}
       progress.update(step, images=num_images, metrics=host)
-      writer.write(step, host | {"images_per_second": progress.images_per_second}, prefix="train/")
+      # `truncated_boxes`: objects beyond max_boxes this host dropped since the last record (never silently).
+      writer.write(step, host | {"images_per_second": progress.images_per_second, "truncated_boxes": truncated},
+                   prefix="train/")
+      truncated = 0
     else:
       progress.update(step, images=num_images)
+    if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == config.total_steps:
+      check_finite(metrics, step)
     if step == first + 1:
       jax.block_until_ready(state)
       progress.restart_rate()  # the first step's compilation is not training speed

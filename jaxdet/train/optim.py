@@ -47,6 +47,8 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
   name = config.optimizer
   wd = float(config.get("weight_decay", 0.0) or 0.0)
   if name == "adam":
+    if wd:
+      raise ValueError("config.optim.weight_decay needs optimizer adamw (decoupled) or sgd (L2); adam has none")
     tx = optax.adam(schedule)
   elif name == "adamw":
     tx = optax.adamw(schedule, weight_decay=wd, mask=decay_mask)

@@ -20,8 +20,14 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: Any = None) -> Mesh:
-  """Returns a 1-D mesh named `data` over `devices` (default: every device of every process)."""
+  """Returns a 1-D mesh named `data` over `devices` (default: every device of every process).
+
+  Devices are ordered by (process, id), so each process's devices form one contiguous block of the mesh: the
+  global batch is then the processes' local batches concatenated in process order, the order in which
+  `shard_batch` assembles it and `gather_host_values` gathers host-side fields.
+  """
   devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -52,6 +58,32 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     if value.shape[0] % local:
       raise ValueError(f"batch[{name!r}] has {value.shape[0]} rows, not divisible by the {local} local devices")
     out[name] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def gather_host_values(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Returns host-side arrays `[B_local, ...]` concatenated over all processes in process order.
+
+  int64 values (image ids) travel as two int32 halves, since JAX arrays are 32-bit unless x64 is enabled.
+  """
+  if jax.process_count() == 1:
+    return {k: np.asarray(v) for k, v in values.items()}
+  parts = {}
+  for k, v in values.items():
+    v = np.asarray(v)
+    if v.dtype == np.int64:
+      parts[k + "/lo"] = (v & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+      parts[k + "/hi"] = (v >> 32).astype(np.int32)
+    else:
+      parts[k] = v
+  gathered = {k: np.asarray(v) for k, v in multihost_utils.process_allgather(parts, tiled=True).items()}
+  out = {}
+  for k, v in values.items():
+    if np.asarray(v).dtype == np.int64:
+      lo = gathered[k + "/lo"].view(np.uint32).astype(np.int64)
+      out[k] = (gathered[k + "/hi"].astype(np.int64) << 32) | lo
+    else:
+      out[k] = gathered[k]
   return out
 
 

@@ -47,7 +47,8 @@ def create_train_state(detector: Detector, tx: optax.GradientTransformation, *, 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Detector,
                tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Returns the state after one optimizer step on `batch`, and the step's metrics (loss terms, lr, grad norm).
+  """Returns the state after one optimizer step on `batch`, and the step's metrics (loss terms, lr, grad norm,
+  and `finite`: whether the loss, the gradient and the new parameters are all finite).
 
   Targets are assigned on device from the padded ground truth; `batch["image"]` is `[B, H, W, 3]` uint8.
   """
@@ -63,7 +64,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Dete
   (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  finite &= jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=grad_norm, finite=finite)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
   return new_state, metrics
 

@@ -45,6 +45,12 @@ def run(name, workdir, *extra, data_dir, devices=1, timeout=600):
   return result
 
 
+def checkpoint_steps(workdir):
+  """Steps of the complete checkpoints (a save cut short by a kill leaves a `*.orbax-checkpoint-tmp` folder)."""
+  names = (os.path.basename(p) for p in glob.glob(str(workdir / "checkpoints" / "*")))
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def train_losses(workdir):
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = {}
@@ -72,7 +78,7 @@ def test_train_evaluates_and_writes_everything(unbroken):
   losses = train_losses(workdir)
   assert sorted(losses) == list(range(1, STEPS + 1)) and all(np.isfinite(list(losses.values())))
   assert "train:" in result.stderr and "img/s" in result.stderr  # the progress bar
-  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(workdir / "checkpoints" / "[0-9]*")))
+  steps = checkpoint_steps(workdir)
   evaluated = {r["step"]: r["val/AP"] for r in map(json.loads, open(workdir / "metrics.jsonl")) if "val/AP" in r}
   assert sorted(evaluated) == [6, 12]
   assert steps[-3:] == [8, 10, 12]  # the newest three ...
@@ -81,6 +87,12 @@ def test_train_evaluates_and_writes_everything(unbroken):
 
 def test_eval_and_predict_on_the_best_checkpoint(unbroken, shapes_data_dir, tmp_path):
   workdir, _ = unbroken
+  during_training = json.load(open(workdir / "eval_validation.json"))
+  run("eval", workdir, "--split=validation", f"--checkpoint={STEPS}", data_dir=shapes_data_dir)
+  again = json.load(open(workdir / "eval_validation.json"))
+  assert again == during_training  # eval.py reproduces the evaluation the training run made at that step
+  assert json.loads(open(workdir / "metrics.jsonl").readlines()[-1])["eval_validation/AP"] == again["AP"]
+
   result = run("eval", workdir, "--split=test", "--checkpoint=best", data_dir=shapes_data_dir)
   assert "Average Recall" in result.stdout
   metrics = json.load(open(workdir / "eval_test.json"))
@@ -91,13 +103,15 @@ def test_eval_and_predict_on_the_best_checkpoint(unbroken, shapes_data_dir, tmp_
   coco = COCO()
   coco.dataset = dict(ground_truth)
   coco.createIndex()
-  if json.load(open(workdir / "results_test.json")):
-    coco.loadRes(str(workdir / "results_test.json"))
+  results = json.load(open(workdir / "results_test.json"))
+  assert results, "a trained detector keeps its top-100 peaks: the results cannot be empty"
+  coco.loadRes(str(workdir / "results_test.json"))
 
   out = tmp_path / "pred"
-  run("predict", workdir, "--split=test", f"--out_dir={out}", "--max_images=3", data_dir=shapes_data_dir)
+  run("predict", workdir, "--split=test", f"--out_dir={out}", "--max_images=3", "--checkpoint=best",
+      data_dir=shapes_data_dir)
   assert len(glob.glob(str(out / "*.png"))) == 3
-  assert isinstance(json.load(open(out / "results.json")), list)
+  assert json.load(open(out / "results.json")) == results  # the same checkpoint, the same detections
 
 
 def test_killed_run_resumes_to_the_same_numbers(unbroken, shapes_data_dir, tmp_path):
@@ -113,7 +127,14 @@ def test_killed_run_resumes_to_the_same_numbers(unbroken, shapes_data_dir, tmp_p
   assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-way"
   killed_at = max(train_losses(workdir))
   assert killed_at < STEPS
-  run("train", workdir, data_dir=shapes_data_dir)
+  checkpoints = checkpoint_steps(workdir)
+  result = run("train", workdir, data_dir=shapes_data_dir)
+  assert f"resumed from step {checkpoints[-1]}" in result.stderr  # it did not start again from step 0
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  resumed = [i for i, r in enumerate(records) if r.get("resumed")]
+  assert len(resumed) == 1 and records[resumed[0]]["step"] == checkpoints[-1]
+  after = [r["step"] for r in records[resumed[0]:] if "train/loss" in r]
+  assert after == list(range(checkpoints[-1] + 1, STEPS + 1))
   got, want = train_losses(workdir), train_losses(reference)
   assert sorted(got) == sorted(want)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
@@ -141,6 +162,10 @@ def test_two_processes_give_the_losses_of_one(unbroken, shapes_data_dir, tmp_pat
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), "\n".join(o[-4000:] for o in outputs)
   assert "devices: " in outputs[0]
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in records if "train/loss" in r] == list(range(1, STEPS + 1))  # one writer only
   got, want = train_losses(workdir), train_losses(reference)
-  assert sorted(got) == sorted(want)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-4)
+  final, expected = json.load(open(workdir / "eval_validation.json")), json.load(open(reference / "eval_validation.json"))
+  for key in ("AP", "AP50", "AR100"):
+    assert final[key] == pytest.approx(expected[key], abs=2e-3), key

@@ -28,7 +28,7 @@ def targets_reference(boxes, labels, valid, crowd, shape, num_classes):
     ct_int = np.minimum(np.floor(ct).astype(int), [w - 1, h - 1])
     if ok:
       centers.append((ct_int[1], ct_int[0]))
-      radii.append(max(0, int(radius_reference(bh / STRIDE, bw / STRIDE))))
+      radii.append(max(0, int(radius_reference(np.ceil(bh / STRIDE), np.ceil(bw / STRIDE)))))
       labs.append(label)
     index.append(ct_int[1] * w + ct_int[0])
     offset.append(ct - np.floor(ct))
@@ -81,7 +81,8 @@ def test_degenerate_and_nan_boxes_give_finite_targets():
 
 
 def loss_reference(outputs, heat, index, offset, size, mask):
-  """The course's L_det = L_k + 0.1 L_size + 1 L_off for one image, in float64."""
+  """CenterNet's L_det = L_k + 0.1 L_size + 1 L_off for one image, in float64: `_neg_loss` over positive cells,
+  `RegL1Loss` over objects."""
   logits = np.asarray(outputs["heatmap"][0], np.float64)
   p = 1 / (1 + np.exp(-logits))
   pos = heat == 1
@@ -90,7 +91,7 @@ def loss_reference(outputs, heat, index, offset, size, mask):
   flat = lambda x: np.asarray(x[0], np.float64).reshape(-1, 2)  # noqa: E731
   l_off = np.abs(flat(outputs["offset"])[index] - offset).mean(-1)[mask].sum() / n
   l_size = np.abs(flat(outputs["size"])[index] - size).mean(-1)[mask].sum() / n
-  return lk / n + 0.1 * l_size + l_off
+  return lk / max(pos.sum(), 1) + 0.1 * l_size + l_off
 
 
 def test_loss_matches_reference():
@@ -187,3 +188,54 @@ def test_assign_refuses_sides_that_are_not_multiples_of_32():
            "valid": jnp.zeros((1, 1), bool), "crowd": jnp.zeros((1, 1), bool)}
   with pytest.raises(ValueError, match="multiples of 32"):
     detector.assign(batch)
+
+
+def test_skip_connections_and_size_scale():
+  kwargs = dict(num_classes=2, width=8, neck_features=(16, 16, 16), head_features=8)
+  plain = build_detector("centernet", **kwargs)
+  skip = build_detector("centernet", skip_connections=True, size_scale=16.0, **kwargs)
+  images = jnp.zeros((1, 64, 64, 3), jnp.uint8)
+  v_plain = plain.module.init(jax.random.PRNGKey(0), images)
+  v_skip = skip.module.init(jax.random.PRNGKey(0), images)
+  lateral = [k for k in v_skip["params"]["neck"] if k.startswith("lateral") and not k.endswith("_bn")]
+  assert sorted(lateral) == ["lateral1", "lateral2", "lateral3"]
+  assert not any(k.startswith("lateral") for k in v_plain["params"]["neck"])
+  out = skip.module.apply(v_skip, images)
+  chex.assert_shape(out["size"], (1, 16, 16, 2))
+  # The scale multiplies the size branch: the same parameters without it give 1/16 of the sizes.
+  unscaled = build_detector("centernet", skip_connections=True, **kwargs).module.apply(v_skip, images)
+  np.testing.assert_allclose(out["size"], 16.0 * unscaled["size"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["heatmap"], unscaled["heatmap"], rtol=1e-6)
+
+
+def test_logits_inside_crowd_regions_do_not_change_the_loss():
+  boxes = np.array([[8, 8, 40, 40], [60, 60, 100, 90]], np.float32)
+  t = centernet_targets(boxes, np.array([0, 1]), np.array([True, True]), np.array([True, False]),
+                        output_shape=(32, 32), num_classes=2, stride=STRIDE)
+  t = jax.tree.map(lambda x: x[None], t)
+  rng = np.random.default_rng(1)
+  outputs = {"heatmap": jnp.asarray(rng.normal(-2, 1, (1, 32, 32, 2)), jnp.float32),
+             "offset": jnp.zeros((1, 32, 32, 2)), "size": jnp.zeros((1, 32, 32, 2))}
+  poked = dict(outputs, heatmap=outputs["heatmap"].at[0, 3:9, 3:9, :].add(5.0))  # inside the crowd box
+  np.testing.assert_allclose(centernet_loss(poked, t)[0], centernet_loss(outputs, t)[0], rtol=1e-6)
+  outside = dict(outputs, heatmap=outputs["heatmap"].at[0, 25:28, 2:5, :].add(5.0))
+  assert float(centernet_loss(outside, t)[0]) > float(centernet_loss(outputs, t)[0]) + 1.0
+
+
+def test_decode_marks_empty_boxes_invalid_and_checks_the_stride():
+  heat = np.full((1, 8, 8, 1), -10.0, np.float32)
+  heat[0, 2, 2, 0] = heat[0, 5, 5, 0] = 10.0
+  size = np.zeros((1, 8, 8, 2), np.float32)
+  size[0, 2, 2] = (8, 8)
+  size[0, 5, 5] = (-3, 8)  # a negative predicted width: an inverted box
+  outputs = {"heatmap": jnp.asarray(heat), "offset": jnp.full((1, 8, 8, 2), 0.5), "size": jnp.asarray(size)}
+  dets = centernet_decode(outputs, stride=STRIDE, k=3, image_shape=(32, 32))
+  scores, valid = np.asarray(dets.scores[0]), np.asarray(dets.valid[0])
+  np.testing.assert_array_equal(valid[scores > 0.5], [True, False])
+  with pytest.raises(ValueError, match="does not cover"):
+    centernet_decode(outputs, stride=STRIDE, k=3, image_shape=(40, 32))
+
+
+def test_neck_must_have_three_steps():
+  with pytest.raises(ValueError, match="three"):
+    build_detector("centernet", num_classes=1, neck_features=(16, 16))

@@ -71,3 +71,25 @@ def test_splat_without_objects_is_empty():
   got = splat_gaussians(jnp.zeros((4, 2), jnp.int32), jnp.ones(4, jnp.int32), jnp.zeros(4, jnp.int32),
                         jnp.zeros(4, bool), shape=(8, 8), num_classes=2)
   assert float(jnp.max(got)) == 0.0
+
+
+def test_centres_near_and_outside_the_border_splat_their_inside_part():
+  centers = np.array([[0, 0], [9, 3], [-2, 4], [4, 12]])
+  radii = np.array([2, 3, 3, 3])
+  got = splat_gaussians(jnp.asarray(centers), jnp.asarray(radii), jnp.zeros(4, jnp.int32), jnp.ones(4, bool),
+                        shape=(10, 10), num_classes=1)
+  want = np.zeros((10, 10, 1), np.float32)
+  for (cy, cx), r in zip(centers, radii):
+    sigma = (2 * r + 1) / 6
+    for y in range(10):
+      for x in range(10):
+        if abs(y - cy) <= r and abs(x - cx) <= r:
+          want[y, x, 0] = max(want[y, x, 0], np.exp(-((x - cx)**2 + (y - cy)**2) / (2 * sigma**2)))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert float(got[1, 4, 0]) > 0 and float(got[4, 9, 0]) > 0  # tails of the two centres off the map
+
+
+def test_labels_out_of_range_splat_nothing():
+  got = splat_gaussians(jnp.array([[2, 2], [5, 5]]), jnp.array([1, 1]), jnp.array([3, -1]), jnp.ones(2, bool),
+                        shape=(8, 8), num_classes=2)
+  assert float(jnp.max(got)) == 0.0

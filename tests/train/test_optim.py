@@ -36,6 +36,8 @@ def test_unknown_names_are_refused():
     make_schedule(config(schedule="linear"), total_steps=10)
   with pytest.raises(ValueError, match="optimizer"):
     make_optimizer(config(optimizer="lamb"), total_steps=10)
+  with pytest.raises(ValueError, match="adamw"):
+    make_optimizer(config(optimizer="adam", weight_decay=1e-4), total_steps=10)
 
 
 def test_weight_decay_skips_biases_and_norm_parameters():

@@ -46,13 +46,10 @@ class ResNet(nn.Module):
   Attributes:
     depth: 18 or 34 (basic blocks).
     width: channels of the first stage (64 in the paper); stage k has `width * 2**k`.
-    small_stem: a 3x3 stride-1 stem convolution instead of the 7x7 stride-2 one (the max-pool still halves),
-      for small inputs; then the stages have strides 2, 4, 8, 16 — the returned maps say their own shape.
   """
 
   depth: int = 18
   width: int = 64
-  small_stem: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -60,10 +57,7 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
     x = x.astype(self.dtype)
-    if self.small_stem:
-      x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
-    else:
-      x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+    x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name="stem_bn")(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -1,15 +1,18 @@
 """CenterNet (Zhou et al. 2019, "Objects as Points"): a detector that finds box centres as heatmap peaks.
 
-Composition: ResNet backbone -> transposed-convolution neck to stride R = 4 -> heads (class heatmap, 2-D sub-cell
-offset, 2-D size). Targets are built on device from padded ground truth (`assign`), the loss is the course's
-L_k + 0.1 L_size + 1 L_off normalised by the number of objects (`loss`), and decoding takes the top-K 3x3 local
-maxima of the heatmap without NMS (`postprocess`).
+Composition: ResNet backbone -> transposed-convolution neck to stride R = 4 (Simple Baselines, Xiao et al. 2018)
+-> heads (class heatmap, 2-D sub-cell offset, 2-D size). Targets are built on device from padded ground truth
+(`assign`), the loss is the paper's L_k + 0.1 L_size + 1 L_off (eq. 4, `loss`), and decoding takes the top-K 3x3
+local maxima of the heatmap without NMS (`postprocess`). The reference is the authors' code
+(github.com/xingyizhou/CenterNet, `ctdet` targets, `CtdetLoss`, `ctdet_decode`).
 
 Differences from the reference code, each deliberate:
 - Crowd boxes (COCO `iscrowd`) are neither positives nor negatives: heatmap cells inside them carry no loss.
   The reference drops crowd annotations and so trains their cells as background.
-- The backbone is trained from scratch (the course's ResNet + transposed convolutions, with plain 3x3
-  convolutions where CenterNet uses deformable ones).
+- Sizes are regressed in input pixels (the paper's s_k), not in output cells (the code's); see `centernet_loss`.
+- Plain 3x3 convolutions where the ResNet-DCN variant has deformable ones; optional lateral skip connections
+  (`skip_connections`, as DLA-34's up-path has); optional `size_scale` on the size branch (`CenterNetHead`).
+- Decoded boxes that come out empty (a negative predicted size, or outside the image after clipping) are invalid.
 """
 
 from __future__ import annotations
@@ -27,11 +30,9 @@ from jaxdet.models.necks.deconv import DeconvNeck
 from jaxdet.ops.boxes import clip_boxes
 from jaxdet.ops.coders import decode_centernet, encode_centernet
 from jaxdet.ops.heatmaps import gaussian_radius, splat_gaussians
+from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 from jaxdet.ops.losses import penalty_reduced_focal_loss
 from jaxdet.ops.peaks import heatmap_peaks
-
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 class CenterNet(nn.Module):
@@ -45,7 +46,9 @@ class CenterNet(nn.Module):
   depth: int = 18
   width: int = 64
   neck_features: Sequence[int] = (256, 128, 64)
+  skip_connections: bool = False
   head_features: int = 64
+  size_scale: float = 1.0
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
   dtype: Any = jnp.float32
@@ -54,10 +57,12 @@ class CenterNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    x = (images.astype(jnp.float32) - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
+    x = normalize_image(images, self.pixel_mean, self.pixel_std)
     features = ResNet(depth=self.depth, width=self.width, dtype=self.dtype, name="backbone")(x, train=train)
-    x = DeconvNeck(features=tuple(self.neck_features), dtype=self.dtype, name="neck")(features[-1], train=train)
-    return CenterNetHead(self.num_classes, head_features=self.head_features, dtype=self.dtype, name="head")(x)
+    x = DeconvNeck(features=tuple(self.neck_features), skip_connections=self.skip_connections, dtype=self.dtype,
+                   name="neck")(features, train=train)
+    return CenterNetHead(self.num_classes, head_features=self.head_features, size_scale=self.size_scale,
+                         dtype=self.dtype, name="head")(x)
 
 
 def centernet_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
@@ -72,7 +77,8 @@ def centernet_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, cro
   Returns a dict of
     heatmap `[h, w, C]`: gaussians (CornerNet radius of the box in output cells, at least 0) with peak 1 at each
       object's centre cell floor(p / R); element-wise max where objects overlap.
-    ignore `[h, w]` bool: cells inside crowd boxes, which take no heatmap loss.
+    ignore `[h, w]` bool: cells whose centre lies inside a crowd box (half-open, as pixels), which take no
+      heatmap loss (unless an object's peak is there).
     index `[M]` int32: flat centre cell i * w + j; offset `[M, 2]`: p / R - floor(p / R); size `[M, 2]`: (w, h)
       in input pixels; mask `[M]` bool: objects that carry a loss (valid, not crowd, positive size).
   """
@@ -83,14 +89,16 @@ def centernet_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, cro
   cells, offsets, sizes = encode_centernet(boxes, stride=stride)
   cells = jnp.clip(cells, 0, jnp.array([h - 1, w - 1]))
   mask = jnp.asarray(valid, bool) & ~jnp.asarray(crowd, bool) & finite & jnp.all(sizes > 0, axis=-1)
-  radii = jnp.floor(gaussian_radius(sizes[:, 1] / stride, sizes[:, 0] / stride, min_overlap=min_overlap))
+  # The reference rounds the output-cell size up before the radius (`gaussian_radius((ceil(h), ceil(w)))`).
+  radii = jnp.floor(gaussian_radius(jnp.ceil(sizes[:, 1] / stride), jnp.ceil(sizes[:, 0] / stride),
+                                    min_overlap=min_overlap))
   heatmap = splat_gaussians(cells, radii.astype(jnp.int32), labels, mask, shape=(h, w), num_classes=num_classes)
 
   centers_y = (jnp.arange(h, dtype=jnp.float32) + 0.5) * stride
   centers_x = (jnp.arange(w, dtype=jnp.float32) + 0.5) * stride
   crowd_boxes = jnp.asarray(valid, bool) & jnp.asarray(crowd, bool) & finite
-  in_y = (centers_y[None, :] >= boxes[:, 1, None]) & (centers_y[None, :] <= boxes[:, 3, None])  # [M, h]
-  in_x = (centers_x[None, :] >= boxes[:, 0, None]) & (centers_x[None, :] <= boxes[:, 2, None])  # [M, w]
+  in_y = (centers_y[None, :] >= boxes[:, 1, None]) & (centers_y[None, :] < boxes[:, 3, None])  # [M, h]
+  in_x = (centers_x[None, :] >= boxes[:, 0, None]) & (centers_x[None, :] < boxes[:, 2, None])  # [M, w]
   ignore = jnp.any(crowd_boxes[:, None, None] & in_y[:, :, None] & in_x[:, None, :], axis=0)
   return {"heatmap": heatmap, "ignore": ignore & (jnp.max(heatmap, axis=-1) < 1.0),
           "index": cells[:, 0] * w + cells[:, 1], "offset": offsets, "size": sizes, "mask": mask}
@@ -100,13 +108,16 @@ def centernet_loss(outputs: dict[str, jax.Array], targets: dict[str, jax.Array],
                    offset_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Returns `(loss, metrics)`: L_k + size_weight L_size + offset_weight L_off over a batch (CenterNet eq. 4).
 
-  Every term is a sum over the batch divided by the number of objects N (at least 1): the penalty-reduced focal
-  loss (alpha 2, beta 4) over all heatmap cells but ignored ones, and the L1 losses of offset and size at the
-  objects' centre cells, averaged over their two coordinates (as the reference's `RegL1Loss`).
+  As the reference code: the penalty-reduced focal loss (alpha 2, beta 4), summed over all heatmap cells but
+  ignored ones, is divided by the number of positive cells (heatmap == 1; at least 1); the L1 losses of offset and
+  size at the objects' centre cells are averaged over their two coordinates and divided by the number of objects
+  that carry a loss (`RegL1Loss`). Sizes are in input pixels, so `size_weight` 0.1 here weighs as 0.4 would on the
+  reference's output-cell sizes at stride 4.
   """
+  num_positive = jnp.maximum(jnp.sum(targets["heatmap"] == 1.0), 1).astype(jnp.float32)
   num_objects = jnp.maximum(jnp.sum(targets["mask"]), 1).astype(jnp.float32)
   focal = penalty_reduced_focal_loss(outputs["heatmap"], targets["heatmap"])
-  heatmap_loss = jnp.sum(jnp.where(targets["ignore"][..., None], 0.0, focal)) / num_objects
+  heatmap_loss = jnp.sum(jnp.where(targets["ignore"][..., None], 0.0, focal)) / num_positive
 
   def regression(pred: jax.Array, target: jax.Array) -> jax.Array:
     b, h, w, d = pred.shape
@@ -126,10 +137,13 @@ def centernet_decode(outputs: dict[str, jax.Array], *, stride: int, k: int = 100
   """Returns `Detections` with `k` slots per image: the top-k 3x3 local maxima of the heatmap, no NMS.
 
   Each peak (i, j) of class c becomes the box centred at ((j + ox) R, (i + oy) R) with the predicted (w, h),
-  clipped to `image_shape` (h, w) input pixels when given. Slots whose score is 0 (fewer than k cells) are
-  invalid.
+  clipped to `image_shape` (h, w) input pixels when given, which must be the output map's size times `stride`.
+  Slots whose score is 0 (fewer than k cells) or whose box is empty are invalid.
   """
   heat = jax.nn.sigmoid(outputs["heatmap"])
+  if image_shape is not None and (heat.shape[1] * stride, heat.shape[2] * stride) != tuple(image_shape):
+    raise ValueError(f"a {heat.shape[1]}x{heat.shape[2]} output map at stride {stride} does not cover a "
+                     f"{image_shape[0]}x{image_shape[1]} image (sides must be multiples of 32)")
   scores, classes, ys, xs = jax.vmap(lambda hm: heatmap_peaks(hm, k=k))(heat)
   b, _, w, _ = heat.shape
   flat = (ys * w + xs)[..., None]
@@ -141,7 +155,8 @@ def centernet_decode(outputs: dict[str, jax.Array], *, stride: int, k: int = 100
                            stride=stride)
   if image_shape is not None:
     boxes = clip_boxes(boxes, height=image_shape[0], width=image_shape[1])
-  return Detections(boxes=boxes, scores=scores, classes=classes, valid=scores > 0)
+  nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+  return Detections(boxes=boxes, scores=scores, classes=classes, valid=(scores > 0) & nonempty)
 
 
 def merge_flipped(outputs: dict[str, jax.Array], flipped: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -158,12 +173,17 @@ def merge_flipped(outputs: dict[str, jax.Array], flipped: dict[str, jax.Array]) 
   return {"heatmap": jnp.log(heat) - jnp.log1p(-heat), "offset": outputs["offset"], "size": size}
 
 
-def build_centernet(*, num_classes: int, depth: int = 18, width: int = 64, neck_features: Sequence[int] = (256, 128, 64),
-                    head_features: int = 64, size_weight: float = 0.1, offset_weight: float = 1.0,
-                    max_detections: int = 100, min_overlap: float = 0.7, dtype: Any = jnp.float32) -> Detector:
+def build_centernet(*, num_classes: int, depth: int = 18, width: int = 64,
+                    neck_features: Sequence[int] = (256, 128, 64), skip_connections: bool = False,
+                    head_features: int = 64, size_scale: float = 1.0, size_weight: float = 0.1,
+                    offset_weight: float = 1.0, max_detections: int = 100, min_overlap: float = 0.7,
+                    dtype: Any = jnp.float32) -> Detector:
   """Returns the CenterNet `Detector`: the module and its `assign`, `loss`, `postprocess` (see module docstring)."""
+  if len(neck_features) != 3:
+    raise ValueError(f"CenterNet's neck has three 2x upsampling steps (stride 32 -> 4), got {neck_features}")
   module = CenterNet(num_classes=num_classes, depth=depth, width=width, neck_features=tuple(neck_features),
-                     head_features=head_features, dtype=dtype)
+                     skip_connections=skip_connections, head_features=head_features, size_scale=size_scale,
+                     dtype=dtype)
   stride = CenterNet.stride
 
   def assign(batch):
