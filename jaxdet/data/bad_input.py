@@ -13,6 +13,7 @@ The rules every reader (`CocoSource`, `VocSource`) follows:
 
 from __future__ import annotations
 
+import abc
 import collections
 import math
 from typing import Literal
@@ -20,6 +21,8 @@ from typing import Literal
 import numpy as np
 from absl import logging
 from PIL import Image
+
+from jaxdet.data.source import DetectionSource, Example
 
 OnError = Literal["raise", "skip"]
 
@@ -61,6 +64,47 @@ class ErrorPolicy:
       logging.warning("%s: skipped %s; clipped %d boxes to their image.", self.reader, counts, self.clipped)
     elif self.clipped:
       logging.info("%s: clipped %d boxes to their image.", self.reader, self.clipped)
+
+
+class FileSource(DetectionSource):
+  """A source read from annotation files and image files, under an `ErrorPolicy` (COCO folders, Pascal VOC).
+
+  Subclasses fill `self._images` (one entry per served image) and `self._policy`, and define `_example(i)`, which
+  decodes image i and raises `BadInputError` when it cannot. An image that only turns out undecodable when served
+  raises in "raise" mode; in "skip" mode it is counted and the next decodable image is served in its place.
+  """
+
+  _images: list
+  _policy: ErrorPolicy
+
+  @abc.abstractmethod
+  def _example(self, index: int) -> Example:
+    """Returns example `index`, decoding its image; raises `BadInputError` naming the file when it cannot."""
+
+  def _nothing_decodable(self) -> str:
+    return f"{self._policy.reader}: no image could be decoded"
+
+  @property
+  def skipped(self) -> collections.Counter[str]:
+    """Skipped annotations / images by reason."""
+    return self._policy.skipped
+
+  @property
+  def clipped(self) -> int:
+    """Boxes clipped to their image."""
+    return self._policy.clipped
+
+  def __len__(self) -> int:
+    return len(self._images)
+
+  def __getitem__(self, index: int) -> Example:
+    index = range(len(self))[index]  # negative indices, and IndexError past the end
+    for offset in range(len(self)):
+      try:
+        return self._example((index + offset) % len(self))
+      except BadInputError as e:
+        self._policy.bad("undecodable image", str(e), after_report=True)  # raises in "raise" mode
+    raise BadInputError(self._nothing_decodable())
 
 
 def check_box(box, *, width: float, height: float) -> tuple[str | None, tuple[float, ...], bool]:

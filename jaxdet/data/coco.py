@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxdet.data.bad_input import BadInputError, ErrorPolicy, OnError, check_box, load_image, read_image_size
+from jaxdet.data.bad_input import (BadInputError, ErrorPolicy, FileSource, OnError, check_box, load_image,
+                                   read_image_size)
 from jaxdet.data.source import DetectionSource, Example, make_example
 
 
@@ -36,7 +37,7 @@ def _load_json(path: str) -> dict[str, Any]:
   return data
 
 
-class CocoSource(DetectionSource):
+class CocoSource(FileSource):
   """Examples of a COCO-format folder: `annotation_file` (instances JSON) and `image_dir` (its `file_name`s).
 
   Annotations are validated when the source is made (images are only opened to read their size from the header;
@@ -128,17 +129,6 @@ class CocoSource(DetectionSource):
       kept.append(position)
     return kept
 
-  @property
-  def skipped(self):
-    return self._policy.skipped
-
-  @property
-  def clipped(self) -> int:
-    return self._policy.clipped
-
-  def __len__(self) -> int:
-    return len(self._images)
-
   def _example(self, index: int) -> Example:
     image = self._images[index]
     try:
@@ -151,14 +141,8 @@ class CocoSource(DetectionSource):
     return make_example(pixels, np.asarray(image["boxes"], np.float32).reshape(-1, 4), image["labels"],
                         image_id=image["id"], crowd=image["crowd"], difficult=image["difficult"])
 
-  def __getitem__(self, index: int) -> Example:
-    index = range(len(self))[index]  # negative indices, and IndexError past the end
-    for offset in range(len(self)):
-      try:
-        return self._example((index + offset) % len(self))
-      except BadInputError as e:
-        self._policy.bad("undecodable image", str(e), after_report=True)  # raises in "raise" mode
-    raise BadInputError(self._where("no image could be decoded"))
+  def _nothing_decodable(self) -> str:
+    return self._where("no image could be decoded")
 
   @property
   def class_names(self) -> Sequence[str]:

@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxdet.data.bad_input import BadInputError, ErrorPolicy, OnError, check_box, load_image, read_image_size
-from jaxdet.data.source import DetectionSource, Example, make_example
+from jaxdet.data.bad_input import (BadInputError, ErrorPolicy, FileSource, OnError, check_box, load_image,
+                                   read_image_size)
+from jaxdet.data.source import Example, make_example
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -31,7 +32,7 @@ def voc_image_id(stem: str, position: int) -> int:
   return int(digits) if digits.isdigit() else position + 1
 
 
-class VocSource(DetectionSource):
+class VocSource(FileSource):
   """Examples of split `split` of a VOC folder `root` (or `root/VOC<year>` when `year` is given).
 
   Annotations are parsed when the source is made; images are opened only to read their size from the header. An image
@@ -102,17 +103,6 @@ class VocSource(DetectionSource):
       entry["difficult"].append((obj.findtext("difficult") or "0").strip() == "1")
     return entry
 
-  @property
-  def skipped(self):
-    return self._policy.skipped
-
-  @property
-  def clipped(self) -> int:
-    return self._policy.clipped
-
-  def __len__(self) -> int:
-    return len(self._images)
-
   def _example(self, index: int) -> Example:
     image = self._images[index]
     try:
@@ -122,14 +112,8 @@ class VocSource(DetectionSource):
     return make_example(pixels, np.asarray(image["boxes"], np.float32).reshape(-1, 4), image["labels"],
                         image_id=image["id"], difficult=image["difficult"])
 
-  def __getitem__(self, index: int) -> Example:
-    index = range(len(self))[index]
-    for offset in range(len(self)):
-      try:
-        return self._example((index + offset) % len(self))
-      except BadInputError as e:
-        self._policy.bad("undecodable image", str(e), after_report=True)  # raises in "raise" mode
-    raise BadInputError(f"{self.root}: no image of split {self.split} could be decoded")
+  def _nothing_decodable(self) -> str:
+    return f"{self.root}: no image of split {self.split} could be decoded"
 
   @property
   def class_names(self) -> Sequence[str]:
