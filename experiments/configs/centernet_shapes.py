@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.size_weight = 0.1
   c.model.offset_weight = 1.0
   c.model.max_detections = 100
+  c.model.dtype = "float32"  # compute type; "bfloat16" keeps float32 parameters, losses and geometry
 
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"

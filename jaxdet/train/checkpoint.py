@@ -13,6 +13,8 @@ import os
 from typing import Any, Mapping
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -80,6 +82,25 @@ class Checkpointer:
     if loader is not None:
       items["loader"] = grain.checkpoint.CheckpointRestore(loader)
     return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+  def restore_subtree(self, step: int, template: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns only the top-level fields of the saved state that `template` names (e.g. `params`, `batch_stats`).
+
+    The rest of the state (optimiser moments, step, key) is not read, so a model's variables come back whatever
+    optimiser trained them. `template`'s leaves give shapes and dtypes; a saved shape that differs raises
+    ValueError naming the leaf.
+    """
+    template = dict(template)
+    args = ocp.args.PyTreeRestore(item=template, restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+                                  partial_restore=True)
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    expected = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(template)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(restored):
+      want = expected.get(jax.tree_util.keystr(path))
+      if want is None or np.shape(want) != np.shape(leaf):
+        raise ValueError(f"checkpoint step {step} has {jax.tree_util.keystr(path)} of shape {np.shape(leaf)}, "
+                         f"the model expects {None if want is None else np.shape(want)} (a different model config?)")
+    return restored
 
   def wait(self) -> None:
     """Blocks until background saves are on disk."""

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -39,9 +40,12 @@ def build_model(config: Any, num_classes: int) -> Detector:
 def initial_state(config: Any, detector: Detector):
   """Returns `(state, tx, schedule)`: a fresh train state and the optimiser it was built with."""
   tx, schedule = make_optimizer(config.optim, config.total_steps)
+  return create_train_state(detector, tx, image_shape=_image_shape(config), seed=config.seed), tx, schedule
+
+
+def _image_shape(config: Any) -> tuple[int, int]:
   size = config.data.image_size
-  shape = (size, size) if isinstance(size, int) else tuple(size)
-  return create_train_state(detector, tx, image_shape=shape, seed=config.seed), tx, schedule
+  return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -131,7 +135,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def restore_variables(config: Any, workdir: str, detector: Detector, *, which: str = "latest") -> tuple[Any, int]:
-  """Returns `(variables, step)` of a checkpoint in `workdir`: "latest", "best" (by AP) or a step number."""
+  """Returns `(variables, step)` of a checkpoint in `workdir`: "latest", "best" (by AP) or a step number.
+
+  Only the model's variables are read, so `config.optim` need not match the run that saved the checkpoint.
+  """
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.keep_checkpoints,
                               async_save=False)
   if which == "latest":
@@ -144,7 +151,9 @@ def restore_variables(config: Any, workdir: str, detector: Detector, *, which: s
       raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {checkpointer.all_steps()}")
   if step is None:
     raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}")
-  template, _, _ = initial_state(config, detector)
-  state = checkpointer.restore(step, template)
+  images = jnp.zeros((1, *_image_shape(config), 3), jnp.uint8)
+  template = jax.jit(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))()
+  variables = checkpointer.restore_subtree(step, {"params": template["params"],
+                                                  "batch_stats": template.get("batch_stats", {})})
   checkpointer.close()
-  return state.variables(), step
+  return variables, step

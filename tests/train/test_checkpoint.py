@@ -1,6 +1,8 @@
 """Checkpoints: the state and the loader position round-trip; the newest K plus the best by AP are kept."""
 
 import jax
+import optax
+import pytest
 import numpy as np
 
 from jaxdet.data.loader import make_loader
@@ -63,3 +65,20 @@ def test_best_step_is_none_without_evaluations(tmp_path):
   ckpt = Checkpointer(tmp_path, keep_last=3, async_save=False)
   ckpt.save(1, {"w": np.zeros(2)})
   assert ckpt.best_step() is None and ckpt.latest_step() == 1
+
+
+def test_model_variables_restore_without_the_optimiser(tmp_path):
+  detector = tiny_detector()
+  adam, _ = make_optimizer(optim_config(), total_steps=10)
+  state = create_train_state(detector, adam, image_shape=(32, 32), seed=3)
+  ckpt = Checkpointer(tmp_path, async_save=False)
+  ckpt.save(5, state)
+  # A template from another seed and no optimiser state at all: only params and batch_stats are read.
+  other = create_train_state(detector, optax.identity(), image_shape=(32, 32), seed=8)
+  restored = Checkpointer(tmp_path).restore_subtree(5, {"params": other.params, "batch_stats": other.batch_stats})
+  assert set(restored) == {"params", "batch_stats"}
+  for a, b in zip(jax.tree.leaves(state.variables()), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, b)
+  bad = jax.tree.map(lambda x: np.zeros((*x.shape, 2), x.dtype), other.params)
+  with pytest.raises(ValueError):
+    Checkpointer(tmp_path).restore_subtree(5, {"params": bad})

@@ -178,9 +178,16 @@ def build_centernet(*, num_classes: int, depth: int = 18, width: int = 64,
                     head_features: int = 64, size_scale: float = 1.0, size_weight: float = 0.1,
                     offset_weight: float = 1.0, max_detections: int = 100, min_overlap: float = 0.7,
                     dtype: Any = jnp.float32) -> Detector:
-  """Returns the CenterNet `Detector`: the module and its `assign`, `loss`, `postprocess` (see module docstring)."""
+  """Returns the CenterNet `Detector`: the module and its `assign`, `loss`, `postprocess` (see module docstring).
+
+  `dtype` is the compute type of the convolutions and batch norms (e.g. "bfloat16"); parameters, head outputs,
+  targets, losses and decoded boxes stay float32.
+  """
   if len(neck_features) != 3:
     raise ValueError(f"CenterNet's neck has three 2x upsampling steps (stride 32 -> 4), got {neck_features}")
+  dtype = jnp.dtype(dtype)  # also from a config string, "bfloat16"
+  if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+    raise ValueError(f"CenterNet computes in float32, bfloat16 or float16, got dtype {dtype}")
   module = CenterNet(num_classes=num_classes, depth=depth, width=width, neck_features=tuple(neck_features),
                      skip_connections=skip_connections, head_features=head_features, size_scale=size_scale,
                      dtype=dtype)
