@@ -9,8 +9,8 @@ from jaxdet.models import build_detector
 TINY_MODEL = dict(name="centernet", depth=18, width=8, neck_features=(16, 16, 16), head_features=16)
 
 
-def tiny_detector(num_classes=2):
-  options = dict(TINY_MODEL)
+def tiny_detector(num_classes=2, **overrides):
+  options = dict(TINY_MODEL, **overrides)
   return build_detector(options.pop("name"), num_classes=num_classes, **options)
 
 

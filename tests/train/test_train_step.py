@@ -9,22 +9,26 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdet.models import build_detector
 from jaxdet.train.optim import make_optimizer
 from jaxdet.train.state import create_train_state, predict_step, train_step
-from tests.train.conftest import TINY_MODEL, optim_config, painted_batch, tiny_detector
+from tests.train.conftest import optim_config, painted_batch, tiny_detector
+
+
+def train_on(detector, batch, steps):
+  """Returns the state after `steps` jitted train steps on `batch`, and the loss of each step."""
+  tx, schedule = make_optimizer(optim_config(), total_steps=steps)
+  state = create_train_state(detector, tx, image_shape=(64, 64), seed=0)
+  step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule))
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return state, losses
 
 
 def test_loss_decreases_on_a_tiny_batch():
-  detector = tiny_detector()
-  tx, schedule = make_optimizer(optim_config(), total_steps=40)
-  state = create_train_state(detector, tx, image_shape=(64, 64), seed=0)
-  step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule))
-  batch = painted_batch()
-  losses = []
-  for _ in range(40):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+  detector, batch = tiny_detector(), painted_batch()
+  state, losses = train_on(detector, batch, 40)
   assert int(state.step) == 40
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
@@ -33,23 +37,15 @@ def test_loss_decreases_on_a_tiny_batch():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_learns():
-  detector = build_detector("centernet", num_classes=2, **{k: v for k, v in TINY_MODEL.items() if k != "name"},
-                            dtype="bfloat16")
-  tx, schedule = make_optimizer(optim_config(), total_steps=20)
-  state = create_train_state(detector, tx, image_shape=(64, 64), seed=0)
-  step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule))
-  batch = painted_batch()
-  losses = []
-  for _ in range(20):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+  detector, batch = tiny_detector(dtype="bfloat16"), painted_batch()
+  state, losses = train_on(detector, batch, 20)
   assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert np.all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.7 * losses[0], losses
   outputs = detector.module.apply(state.variables(), batch["image"])
   assert {o.dtype for o in jax.tree.leaves(outputs)} == {np.dtype(np.float32)}
   assert predict_step(state.variables(), batch["image"], detector=detector).boxes.dtype == np.float32
   with pytest.raises(ValueError, match="int8"):
-    build_detector("centernet", num_classes=2, dtype="int8")
+    tiny_detector(dtype="int8")
 
 
 def test_jit_compiles_once_per_input_shape():
