@@ -20,8 +20,18 @@ from jaxdet.train.state import predict_step
 
 
 def make_predict_fn(detector: Detector, *, flip_test: bool = False):
-  """Returns the jitted `predict(variables, images) -> Detections` (compiled once per image shape)."""
-  return jax.jit(functools.partial(predict_step, detector=detector, flip_test=flip_test))
+  """Returns `predict(variables, batch) -> Detections`, jitted (compiled once per image shape).
+
+  `predict.fields` names the batch fields it reads: `image` and the detector's `inputs`.
+  """
+  jitted = jax.jit(functools.partial(predict_step, detector=detector, flip_test=flip_test))
+  fields = ("image", *detector.inputs)
+
+  def predict(variables, batch):
+    return jitted(variables, {k: batch[k] for k in fields})
+
+  predict.fields = fields
+  return predict
 
 
 def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_progress: bool = True):
@@ -33,8 +43,7 @@ def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_prog
   """
   progress = Progress(loader.num_batches or 0, desc="eval", enabled=show_progress and jax.process_index() == 0)
   for i, batch in enumerate(loader):
-    images = shard_batch({"image": batch["image"]}, mesh)["image"]
-    dets = to_host(predict_fn(variables, images))
+    dets = to_host(predict_fn(variables, shard_batch({k: batch[k] for k in predict_fn.fields}, mesh)))
     meta = gather_host_values({k: batch[k] for k in ("image_id", "orig_size", "frame", "example_valid")})
     boxes = to_original_frame(np.asarray(dets.boxes, np.float32), meta["frame"])
     h = meta["orig_size"][:, 0, None].astype(np.float32)

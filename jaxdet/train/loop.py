@@ -13,12 +13,11 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jaxdet.models import build_detector
-from jaxdet.models.detector import Detector
+from jaxdet.models.detector import Detector, init_detector
 from jaxdet.train import inputs
 from jaxdet.train.checkpoint import Checkpointer
 from jaxdet.train.evaluate import evaluate_split, make_predict_fn, write_evaluation
@@ -102,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   truncated = 0
   for step in range(first + 1, config.total_steps + 1):
     batch = next(batches)
-    state, metrics = step_fn(state, shard_batch({k: batch[k] for k in MODEL_KEYS}, mesh))
+    state, metrics = step_fn(state, shard_batch({k: batch[k] for k in (*MODEL_KEYS, *detector.inputs)}, mesh))
     num_images = batch["image"].shape[0] * jax.process_count()
     truncated += int(np.sum(batch["num_truncated"]))
     if step % config.log_every == 0 or step == config.total_steps:
@@ -151,8 +150,7 @@ def restore_variables(config: Any, workdir: str, detector: Detector, *, which: s
       raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {checkpointer.all_steps()}")
   if step is None:
     raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}")
-  images = jnp.zeros((1, *_image_shape(config), 3), jnp.uint8)
-  template = jax.jit(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))()
+  template = jax.jit(lambda: init_detector(detector, jax.random.PRNGKey(0), image_shape=_image_shape(config)))()
   variables = checkpointer.restore_subtree(step, {"params": template["params"],
                                                   "batch_stats": template.get("batch_stats", {})})
   checkpointer.close()

@@ -4,13 +4,18 @@ The config (an `ml_collections.ConfigDict` or any attribute mapping) has:
   optimizer: "adam" | "adamw" | "sgd"; learning_rate; momentum (sgd); weight_decay (adamw decoupled, sgd L2);
   schedule: "constant" | "step" | "cosine"; warmup_steps; decay_fractions + decay_factor for "step" (CenterNet:
   two 10x drops, at 90 / 140 and 120 / 140 of training: fractions (0.643, 0.857), factor 0.1);
-  grad_clip_norm (0 or None: off).
+  grad_clip_norm (0 or None: off);
+  frozen: regular expressions over parameter paths ("backbone/stage1_block1/conv1/kernel"); a parameter whose
+  path matches one from its start (`re.match`) gets no update at all (stays bit-identical), e.g. the shared
+  convolutions in steps 3 and 4 of Faster R-CNN's alternating training.
 Weight decay applies to kernels only (arrays with ndim > 1): not to biases or batch-norm scales and offsets.
+Gradient clipping measures the norm of the trainable parameters' gradients only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
 import optax
@@ -41,6 +46,17 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def path_name(path: tuple[Any, ...]) -> str:
+  """Returns the "/"-joined names of a pytree key path: `backbone/stem_conv/kernel`."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """Returns a pytree of bools: True for parameters whose path matches one of `patterns` from its start."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(lambda path, _: any(c.match(path_name(path)) for c in compiled), params)
+
+
 def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns `(tx, schedule)` for the optimiser `config` describes (see the module docstring)."""
   schedule = make_schedule(config, total_steps)
@@ -60,4 +76,12 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
   clip = config.get("grad_clip_norm", None)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
+  frozen = tuple(config.get("frozen", ()) or ())
+  if frozen:
+    def labels(params):
+      mask = frozen_mask(params, frozen)
+      if not any(jax.tree.leaves(mask)):
+        raise ValueError(f"config.optim.frozen={frozen} matches no parameter")
+      return jax.tree.map(lambda m: "frozen" if m else "trained", mask)
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdet.models.detector import Detections, Detector
+from jaxdet.models.detector import Detections, Detector, apply_detector, init_detector
 
 
 @flax.struct.dataclass
@@ -38,8 +38,7 @@ def create_train_state(detector: Detector, tx: optax.GradientTransformation, *, 
                        seed: int) -> TrainState:
   """Returns a freshly initialised state for images of `image_shape` (h, w) (any size works afterwards)."""
   init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
-  images = jnp.zeros((1, *image_shape, 3), jnp.uint8)
-  variables = jax.jit(lambda k: detector.module.init(k, images, train=False))(init_key)
+  variables = jax.jit(lambda k: init_detector(detector, k, image_shape=image_shape))(init_key)
   params = variables["params"]
   return TrainState(step=jnp.int32(0), params=params, batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), key=state_key)
@@ -50,14 +49,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Dete
   """Returns the state after one optimizer step on `batch`, and the step's metrics (loss terms, lr, grad norm,
   and `finite`: whether the loss, the gradient and the new parameters are all finite).
 
-  Targets are assigned on device from the padded ground truth; `batch["image"]` is `[B, H, W, 3]` uint8.
+  Targets are assigned on device from the padded ground truth and given to the module too (two-stage detectors
+  sample RoIs from them inside the forward pass); `batch["image"]` is `[B, H, W, 3]` uint8. The step's randomness
+  (rng streams `dropout` and `sampling`) derives from `fold_in(state.key, state.step)`.
   """
   targets = detector.assign(batch)
-  dropout_key = jax.random.fold_in(state.key, state.step)
+  step_key = jax.random.fold_in(state.key, state.step)
+  rngs = {"dropout": step_key, "sampling": jax.random.fold_in(step_key, 1)}
 
   def loss_fn(params):
-    outputs, updates = detector.module.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                             train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    outputs, updates = apply_detector(detector, {"params": params, "batch_stats": state.batch_stats}, batch,
+                                      train=True, targets=targets, rngs=rngs, mutable=["batch_stats"])
     loss, metrics = detector.loss(outputs, targets)
     return loss, (metrics, updates["batch_stats"])
 
@@ -72,16 +74,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Dete
   return new_state, metrics
 
 
-def predict_step(variables: dict[str, Any], images: jax.Array, *, detector: Detector,
+def predict_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, detector: Detector,
                  flip_test: bool = False) -> Detections:
-  """Returns fixed-size `Detections` for `images [B, H, W, 3]`, boxes in input pixels clipped to the image.
+  """Returns fixed-size `Detections` for `batch["image"] [B, H, W, 3]` (and the detector's `inputs` fields),
+  boxes in input pixels clipped to the image.
 
   With `flip_test`, the detector's `merge_flipped` combines the outputs of the images and of their mirrors.
   """
-  outputs = detector.module.apply(variables, images, train=False)
+  outputs = apply_detector(detector, variables, batch, train=False)
+  images = batch["image"]
   if flip_test:
     if detector.merge_flipped is None:
       raise ValueError("flip_test is on but this detector defines no merge_flipped")
-    flipped = detector.module.apply(variables, images[:, :, ::-1, :], train=False)
+    if detector.inputs:
+      raise ValueError(f"flip_test would need mirrored {sorted(detector.inputs)} as well; not supported")
+    flipped = apply_detector(detector, variables, {"image": images[:, :, ::-1, :]}, train=False)
     outputs = detector.merge_flipped(outputs, flipped)
   return detector.postprocess(outputs, image_shape=images.shape[1:3])

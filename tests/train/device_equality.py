@@ -42,8 +42,12 @@ def main():
   print("losses 1 device: ", one[0])
   print("losses 8 devices:", eight[0])
   np.testing.assert_allclose(one[0], eight[0], rtol=2e-5)
+  # Adam divides each gradient by its own running RMS, so a parameter whose gradient is near zero moves by up to
+  # the learning rate (3e-3) whatever the gradient's rounding: summation order across devices then shows as
+  # differences of ~1e-5 in a few such parameters (seen on an AMD EPYC). 1e-4 is 1% of 4 steps' largest move;
+  # a real difference (per-device batch statistics, a lost all-reduce) moves parameters by far more.
   for a, b in zip(jax.tree.leaves(one[1:]), jax.tree.leaves(eight[1:])):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
   print("devices 1 vs 8: equal")
 
 

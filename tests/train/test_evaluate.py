@@ -16,14 +16,17 @@ from tests.train.conftest import tiny_detector
 SIZES = [(32, 64), (64, 32), (48, 48)]  # (h, w) of three stored images, letterboxed to 64 x 64
 
 
-def fixed_predictor(variables, images):
+def fixed_predictor(variables, batch):
   """A stand-in for a detector: per image one box at (16, 16, 48, 40), one over the whole input, one empty slot."""
   del variables
-  b = images.shape[0]
+  b = batch["image"].shape[0]
   boxes = jnp.array([[16.0, 16.0, 48.0, 40.0], [-20.0, -20.0, 1000.0, 1000.0], [0.0, 0.0, 0.0, 0.0]])
   scores = jnp.array([0.9, 0.5, 0.0])
   return Detections(boxes=jnp.broadcast_to(boxes, (b, 3, 4)), scores=jnp.broadcast_to(scores, (b, 3)),
                     classes=jnp.zeros((b, 3), jnp.int32), valid=jnp.broadcast_to(scores > 0, (b, 3)))
+
+
+fixed_predictor.fields = ("image",)  # the batch fields it reads, as `make_predict_fn`'s predictors say
 
 
 def letterbox_inverse(box, h, w, size=64):
@@ -54,11 +57,11 @@ def test_flip_test_merges_the_mirrored_pass():
   detector = tiny_detector()
   images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)), jnp.uint8)
   variables = detector.module.init(jax.random.PRNGKey(0), images)
-  got = predict_step(variables, images, detector=detector, flip_test=True)
+  got = predict_step(variables, {"image": images}, detector=detector, flip_test=True)
   outputs = detector.module.apply(variables, images)
   mirrored = detector.module.apply(variables, images[:, :, ::-1])
   want = detector.postprocess(merge_flipped(outputs, mirrored), image_shape=(64, 64))
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  plain = predict_step(variables, images, detector=detector)
+  plain = predict_step(variables, {"image": images}, detector=detector)
   assert not np.allclose(plain.scores, got.scores)

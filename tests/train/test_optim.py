@@ -57,3 +57,24 @@ def test_gradient_clipping_bounds_the_global_norm():
   params = {"w": jnp.zeros(4)}
   updates, _ = tx.update({"w": jnp.full(4, 10.0)}, tx.init(params), params)
   np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)
+
+
+def test_frozen_parameters_stay_bit_identical_and_the_rest_train():
+  params = {"backbone": {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}},
+            "head": {"kernel": jnp.ones((3, 2))}}
+  tx, _ = make_optimizer(config(optimizer="adamw", weight_decay=0.1, frozen=("backbone/",)), total_steps=10)
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  new = params
+  for _ in range(3):
+    updates, state = tx.update(grads, state, new)
+    new = optax.apply_updates(new, updates)
+  for a, b in zip(jax.tree.leaves(params["backbone"]), jax.tree.leaves(new["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(new["head"]["kernel"], params["head"]["kernel"])
+
+
+def test_frozen_pattern_that_matches_nothing_is_an_error():
+  tx, _ = make_optimizer(config(frozen=("neck/",)), total_steps=10)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    tx.init({"backbone": {"kernel": jnp.ones((2, 2))}})

@@ -32,7 +32,7 @@ def test_loss_decreases_on_a_tiny_batch():
   assert int(state.step) == 40
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
-  dets = predict_step(state.variables(), batch["image"], detector=detector)
+  dets = predict_step(state.variables(), {"image": batch["image"]}, detector=detector)
   assert dets.boxes.shape == (8, 100, 4) and bool(dets.valid.any())
 
 
@@ -43,7 +43,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_learns():
   assert np.all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.7 * losses[0], losses
   outputs = detector.module.apply(state.variables(), batch["image"])
   assert {o.dtype for o in jax.tree.leaves(outputs)} == {np.dtype(np.float32)}
-  assert predict_step(state.variables(), batch["image"], detector=detector).boxes.dtype == np.float32
+  assert predict_step(state.variables(), {"image": batch["image"]}, detector=detector).boxes.dtype == np.float32
   with pytest.raises(ValueError, match="int8"):
     tiny_detector(dtype="int8")
 

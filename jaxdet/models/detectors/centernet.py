@@ -39,7 +39,8 @@ class CenterNet(nn.Module):
   """Returns the head outputs (`CenterNetHead`) at stride `stride` for images `[B, H, W, 3]` (uint8 or float RGB).
 
   Images are normalised inside the module (`(x - pixel_mean) / pixel_std`, as detectron2 does), so a checkpoint
-  runs on raw pixels. H and W must be multiples of 32 (the backbone's stride).
+  runs on raw pixels. H and W must be multiples of 32 (the backbone's stride). `targets` (given in training by
+  the `Detector` contract) is not used: CenterNet's targets are all read by its loss.
   """
 
   num_classes: int
@@ -56,7 +57,8 @@ class CenterNet(nn.Module):
   stride = 4  # stride-32 backbone map, upsampled 8x by the three-step neck
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, targets: Any = None):
+    del targets
     x = normalize_image(images, self.pixel_mean, self.pixel_std)
     features = ResNet(depth=self.depth, width=self.width, dtype=self.dtype, name="backbone")(x, train=train)
     x = DeconvNeck(features=tuple(self.neck_features), skip_connections=self.skip_connections, dtype=self.dtype,
