@@ -6,8 +6,12 @@ from typing import Any, Callable
 
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
+from jaxdet.models.detectors.faster_rcnn import build_faster_rcnn
 
-DETECTORS: dict[str, Callable[..., Detector]] = {"centernet": build_centernet}
+DETECTORS: dict[str, Callable[..., Detector]] = {
+    "centernet": build_centernet,
+    "faster_rcnn": build_faster_rcnn,
+}
 
 
 def build_detector(name: str, *, num_classes: int, **kwargs: Any) -> Detector:

@@ -163,16 +163,10 @@ def _weighted_gather_bwd(residuals, g):
 weighted_gather.defvjp(_weighted_gather_fwd, _weighted_gather_bwd, symbolic_zeros=True)
 
 
-def roi_align_table(table: jax.Array, boxes: jax.Array, *, base: jax.Array, height, width, scale, valid: jax.Array,
-                    output_size: int | Sequence[int], sampling_ratio: int, aligned: bool,
-                    max_sampling_ratio: int | None) -> jax.Array:
-  """Returns `[R, oh, ow, C]` RoI Align of RoIs whose maps are row-major blocks of one flat table.
-
-  The building block of `roi_align` and of `multilevel_roi_align` (which samples every RoI from its own FPN
-  level in one concatenated table). `table` `[N, C]`; `boxes` `[R, 4]` xyxy image pixels; `base` int32 `[R]`:
-  offset of the RoI's map (row 0, column 0) in the table; `height`, `width`, `scale`: that map's size and
-  spatial scale (scalars or `[R]`); `valid` bool `[R]`: False gives zeros.
-  """
+def _prepare(boxes: jax.Array, *, scale, valid: jax.Array, output_size, sampling_ratio: int, aligned: bool,
+             max_sampling_ratio: int | None):
+  """Returns `(scaled [R, 4], bins [R, 2], grid [R, 2], count [R], valid [R], max_grid)`: torchvision's RoI
+  geometry in feature-map units (x then y in `bins` and `grid`), invalid RoIs replaced by a finite stand-in."""
   oh, ow = output_hw(output_size)
   if sampling_ratio > 0:
     max_grid = sampling_ratio
@@ -183,8 +177,7 @@ def roi_align_table(table: jax.Array, boxes: jax.Array, *, base: jax.Array, heig
     max_grid = int(max_sampling_ratio)
   num = boxes.shape[0]
   boxes = jnp.asarray(boxes, jnp.float32)
-  as_rois = lambda v, dtype: jnp.broadcast_to(jnp.asarray(v, dtype), (num,))
-  height, width, scale = as_rois(height, jnp.float32), as_rois(width, jnp.float32), as_rois(scale, jnp.float32)
+  scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (num,))
   scaled = boxes * scale[:, None] - (0.5 if aligned else 0.0)
   size = scaled[:, 2:] - scaled[:, :2]
   valid = valid & jnp.all(jnp.isfinite(scaled), axis=-1) & jnp.all(jnp.isfinite(size), axis=-1)
@@ -198,6 +191,26 @@ def roi_align_table(table: jax.Array, boxes: jax.Array, *, base: jax.Array, heig
   else:
     grid = jnp.clip(jnp.ceil(bins), 0.0, float(max_grid))
   count = jnp.maximum(grid[:, 0] * grid[:, 1], 1.0)
+  return scaled, bins, grid, count, valid, max_grid
+
+
+def roi_align_table(table: jax.Array, boxes: jax.Array, *, base: jax.Array, height, width, scale, valid: jax.Array,
+                    output_size: int | Sequence[int], sampling_ratio: int, aligned: bool,
+                    max_sampling_ratio: int | None) -> jax.Array:
+  """Returns `[R, oh, ow, C]` RoI Align of RoIs whose maps are row-major blocks of one flat table.
+
+  The building block of `roi_align` and of `multilevel_roi_align` (which samples every RoI from its own FPN
+  level in one concatenated table). `table` `[N, C]`; `boxes` `[R, 4]` xyxy image pixels; `base` int32 `[R]`:
+  offset of the RoI's map (row 0, column 0) in the table; `height`, `width`, `scale`: that map's size and
+  spatial scale (scalars or `[R]`); `valid` bool `[R]`: False gives zeros.
+  """
+  oh, ow = output_hw(output_size)
+  num = boxes.shape[0]
+  scaled, bins, grid, count, valid, max_grid = _prepare(
+      boxes, scale=scale, valid=valid, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned,
+      max_sampling_ratio=max_sampling_ratio)
+  as_rois = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num,))  # noqa: E731
+  height, width = as_rois(height), as_rois(width)
   rows, wy = _axis_taps(scaled[:, 1], bins[:, 1], grid[:, 1], height, n_bins=oh, max_grid=max_grid)
   cols, wx = _axis_taps(scaled[:, 0], bins[:, 0], grid[:, 0], width, n_bins=ow, max_grid=max_grid)
   wy = wy * valid[:, None, None, None]
@@ -210,9 +223,52 @@ def roi_align_table(table: jax.Array, boxes: jax.Array, *, base: jax.Array, heig
   return (out / count[:, None, None, None]).astype(table.dtype)
 
 
+def _axis_matrix(start, bin_size, grid, size, *, n_bins: int, max_grid: int, length: int) -> jax.Array:
+  """Returns `[R, n_bins, length]`: each bin's summed interpolation weight on each column of a `length`-wide row
+  (columns at or beyond the RoI's own map `size [R]` get 0)."""
+  index, weight = _axis_taps(start, bin_size, grid, size, n_bins=n_bins, max_grid=max_grid)
+  onehot = index[..., None] == jnp.arange(length, dtype=jnp.int32)
+  return jnp.sum(jnp.where(onehot, weight[..., None], 0.0), axis=(2, 3))
+
+
+def roi_align_rows(rows: jax.Array, boxes: jax.Array, *, row_base: jax.Array, height, width, scale,
+                   valid: jax.Array, output_size: int | Sequence[int], sampling_ratio: int, aligned: bool,
+                   max_sampling_ratio: int | None) -> jax.Array:
+  """Returns `[R, oh, ow, C]` RoI Align computed row first: the "rows" formulation of `roi_align`.
+
+  `rows [N, Wmax, C]` holds every map row (of every image and level), zero-padded to the widest map; a RoI's map
+  starts at row `row_base [R]` and has `height`, `width` (scalars or `[R]`, width <= Wmax) and `scale`.
+  Interpolation is separable: each output row p of a RoI is first a weighted sum of at most 2 x grid whole map
+  rows (one gather of contiguous `Wmax x C` blocks), then each bin is that row times the bin's column weights (a
+  batched matrix product over Wmax). The gradient w.r.t. the maps is then a scatter-add of `R x oh x 2 grid` long
+  rows plus matrix products, where the tap formulation scatters `R x oh x ow x (2 grid)^2` short ones; XLA:CPU's
+  scatter costs per row, so on small maps with many RoIs (two-stage training) this is several times faster
+  forward + backward (experiments/bench/roi.py), while its forward costs about Wmax / (2 grid) times more reads.
+  """
+  oh, ow = output_hw(output_size)
+  num, max_width, channels = boxes.shape[0], rows.shape[1], rows.shape[2]
+  scaled, bins, grid, count, valid, max_grid = _prepare(
+      boxes, scale=scale, valid=valid, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned,
+      max_sampling_ratio=max_sampling_ratio)
+  as_rois = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num,))  # noqa: E731
+  height, width = as_rois(height), as_rois(width)
+  row_index, wy = _axis_taps(scaled[:, 1], bins[:, 1], grid[:, 1], height, n_bins=oh, max_grid=max_grid)
+  wy = wy * jnp.where(valid, 1.0 / count, 0.0)[:, None, None, None]
+  taps = 2 * max_grid
+  pad = -taps % 4  # weighted_gather sums taps in groups of four
+  row_index = jnp.pad((row_index + row_base[:, None, None, None]).reshape(num, oh, taps), ((0, 0), (0, 0), (0, pad)))
+  wy = jnp.pad(wy.reshape(num, oh, taps), ((0, 0), (0, 0), (0, pad)))
+  groups = (taps + pad) // 4
+  mixed = weighted_gather(rows.reshape(rows.shape[0], max_width * channels),
+                          row_index.reshape(num, oh, groups, 4), wy.reshape(num, oh, groups, 4))
+  wx = _axis_matrix(scaled[:, 0], bins[:, 0], grid[:, 0], width, n_bins=ow, max_grid=max_grid, length=max_width)
+  out = jnp.einsum("rqw,rpwc->rpqc", wx, mixed.reshape(num, oh, max_width, channels))
+  return out.astype(rows.dtype)
+
+
 def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array, *, output_size: int | Sequence[int],
               spatial_scale: float = 1.0, sampling_ratio: int = 2, aligned: bool = True,
-              max_sampling_ratio: int | None = None) -> jax.Array:
+              max_sampling_ratio: int | None = None, method: str = "taps") -> jax.Array:
   """Returns `[R, oh, ow, C]` RoI Align features (Mask R-CNN), the numbers of torchvision's `roi_align`.
 
   Args:
@@ -226,6 +282,9 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array, *, 
     aligned: shift boxes by -0.5 cell so that cell (i, j) is centred at (j + 0.5, i + 0.5) (Detectron2's
       ROIAlignV2); False is the original Mask R-CNN op, which also clamps RoI sizes to >= 1 cell.
     max_sampling_ratio: static bound on the adaptive grid; unused when sampling_ratio > 0.
+    method: "taps" gathers the (2 grid)^2 taps of every bin (fastest forward, few RoIs on large maps); "rows"
+      interpolates whole rows first (`roi_align_rows`: much faster gradients for many RoIs on small maps). The
+      two agree to float rounding.
 
   Invalid boxes (non-finite coordinates or size) and indices outside [0, B) give zeros with zero gradients.
   Differentiable w.r.t. `features` and (almost everywhere) `boxes`; jittable and vmappable.
@@ -234,7 +293,14 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array, *, 
   n, h, w, c = features.shape
   box_indices = jnp.asarray(box_indices, jnp.int32)
   in_range = (box_indices >= 0) & (box_indices < n)
-  base = jnp.clip(box_indices, 0, n - 1) * (h * w)
+  image = jnp.clip(box_indices, 0, n - 1)
+  if method == "rows":
+    return roi_align_rows(features.reshape(n * h, w, c), boxes, row_base=image * h, height=h, width=w,
+                          scale=spatial_scale, valid=in_range, output_size=output_size, sampling_ratio=sampling_ratio,
+                          aligned=aligned, max_sampling_ratio=max_sampling_ratio)
+  if method != "taps":
+    raise ValueError(f"roi_align method must be taps or rows, got {method!r}")
+  base = image * (h * w)
   return roi_align_table(features.reshape(n * h * w, c), boxes, base=base, height=h, width=w,
                          scale=spatial_scale, valid=in_range, output_size=output_size,
                          sampling_ratio=sampling_ratio, aligned=aligned, max_sampling_ratio=max_sampling_ratio)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdet.ops.boxes import is_valid_box
-from jaxdet.ops.roi_align import roi_align_table
+from jaxdet.ops.roi_align import roi_align_rows, roi_align_table
 
 
 def fpn_levels(boxes: jax.Array, *, k0: int = 4, canonical_size: float = 224, min_level: int = 2,
@@ -55,7 +55,7 @@ def _levels_of(strides: Sequence[int]) -> tuple[int, int]:
 def multilevel_roi_align(features_by_level: Sequence[jax.Array], boxes: jax.Array, box_indices: jax.Array, *,
                          output_size: int | Sequence[int], strides: Sequence[int], sampling_ratio: int = 2,
                          aligned: bool = True, k0: int = 4, canonical_size: float = 224,
-                         max_sampling_ratio: int | None = None) -> jax.Array:
+                         max_sampling_ratio: int | None = None, method: str = "taps") -> jax.Array:
   """Returns `[R, oh, ow, C]`: RoI Align of each box on its FPN level (`fpn_levels`), one pass over all levels.
 
   Args:
@@ -65,6 +65,8 @@ def multilevel_roi_align(features_by_level: Sequence[jax.Array], boxes: jax.Arra
     output_size, sampling_ratio, aligned, max_sampling_ratio: as in `roi_align` (torchvision's
       `MultiScaleRoIAlign` uses aligned=False).
     k0, canonical_size: the level formula's constants (FPN: 4 and 224).
+    method: "taps" or "rows", as `roi_align`; "rows" pads every level's rows to the widest map (P2's) in one
+      table of rows, so one pass still serves all levels.
 
   Equal to `roi_align(features_by_level[l], boxes[r], ..., spatial_scale=1 / strides[l])` for each box r with
   l = its level; invalid boxes and indices outside [0, B) give zeros. Differentiable w.r.t. every level's
@@ -77,6 +79,12 @@ def multilevel_roi_align(features_by_level: Sequence[jax.Array], boxes: jax.Arra
   shapes = [f.shape for f in features_by_level]
   if any(s[0] != batch or s[-1] != channels for s in shapes):
     raise ValueError(f"every level needs the same batch and channels, got shapes {shapes}")
+  if method == "rows":
+    return _multilevel_rows(features_by_level, boxes, box_indices, output_size=output_size, strides=strides,
+                            sampling_ratio=sampling_ratio, aligned=aligned, k0=k0, canonical_size=canonical_size,
+                            max_sampling_ratio=max_sampling_ratio)
+  if method != "taps":
+    raise ValueError(f"multilevel_roi_align method must be taps or rows, got {method!r}")
   table = jnp.concatenate([jnp.asarray(f).reshape(-1, channels) for f in features_by_level], axis=0)
   sizes = [s[0] * s[1] * s[2] for s in shapes]
   starts = jnp.asarray(np.concatenate([[0], np.cumsum(sizes)[:-1]]), jnp.int32)
@@ -94,3 +102,27 @@ def multilevel_roi_align(features_by_level: Sequence[jax.Array], boxes: jax.Arra
   return roi_align_table(table, boxes, base=base, height=height, width=width, scale=scales[level],
                          valid=in_range, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned,
                          max_sampling_ratio=max_sampling_ratio)
+
+
+
+def _multilevel_rows(features_by_level, boxes, box_indices, *, output_size, strides, sampling_ratio, aligned, k0,
+                     canonical_size, max_sampling_ratio):
+  """`multilevel_roi_align` by `roi_align_rows`: every level's rows, padded to the widest, in one table."""
+  min_level, max_level = _levels_of(strides)
+  batch = features_by_level[0].shape[0]
+  max_width = max(f.shape[2] for f in features_by_level)
+  rows = jnp.concatenate([jnp.pad(jnp.asarray(f), ((0, 0), (0, 0), (0, max_width - f.shape[2]), (0, 0))).reshape(
+      -1, max_width, f.shape[-1]) for f in features_by_level], axis=0)
+  row_counts = [f.shape[0] * f.shape[1] for f in features_by_level]
+  starts = jnp.asarray(np.concatenate([[0], np.cumsum(row_counts)[:-1]]), jnp.int32)
+  heights = jnp.asarray([f.shape[1] for f in features_by_level], jnp.int32)
+  widths = jnp.asarray([f.shape[2] for f in features_by_level], jnp.int32)
+  scales = jnp.asarray([1.0 / s for s in strides], jnp.float32)
+  level = fpn_levels(boxes, k0=k0, canonical_size=canonical_size, min_level=min_level,
+                     max_level=max_level) - min_level
+  box_indices = jnp.asarray(box_indices, jnp.int32)
+  in_range = (box_indices >= 0) & (box_indices < batch)
+  image = jnp.clip(box_indices, 0, batch - 1)
+  return roi_align_rows(rows, boxes, row_base=starts[level] + image * heights[level], height=heights[level],
+                        width=widths[level], scale=scales[level], valid=in_range, output_size=output_size,
+                        sampling_ratio=sampling_ratio, aligned=aligned, max_sampling_ratio=max_sampling_ratio)

@@ -102,6 +102,11 @@ class Checkpointer:
                          f"the model expects {None if want is None else np.shape(want)} (a different model config?)")
     return restored
 
+  def restore_raw(self, step: int) -> dict[str, Any]:
+    """Returns the state saved at `step` as saved (nested dicts of NumPy arrays), without a template."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+    return jax.tree.map(np.asarray, restored)
+
   def wait(self) -> None:
     """Blocks until background saves are on disk."""
     self._manager.wait_until_finished()

@@ -21,6 +21,7 @@ from jaxdet.models.detector import Detector, init_detector
 from jaxdet.train import inputs
 from jaxdet.train.checkpoint import Checkpointer
 from jaxdet.train.evaluate import evaluate_split, make_predict_fn, write_evaluation
+from jaxdet.train.init_from import checkpoint_step, initialize_from
 from jaxdet.train.optim import make_optimizer
 from jaxdet.train.parallel import make_mesh, replicate, replicated, shard_batch, to_host
 from jaxdet.train.progress import Progress
@@ -37,9 +38,21 @@ def build_model(config: Any, num_classes: int) -> Detector:
 
 
 def initial_state(config: Any, detector: Detector):
-  """Returns `(state, tx, schedule)`: a fresh train state and the optimiser it was built with."""
+  """Returns `(state, tx, schedule)`: a fresh train state and the optimiser it was built with.
+
+  With `config.init_from.workdir`, the model's variables start from that run's checkpoint (`initialize_from`:
+  `checkpoint`, `rename`, `include`); the optimiser still starts fresh.
+  """
   tx, schedule = make_optimizer(config.optim, config.total_steps)
-  return create_train_state(detector, tx, image_shape=_image_shape(config), seed=config.seed), tx, schedule
+  state = create_train_state(detector, tx, image_shape=_image_shape(config), seed=config.seed)
+  init = config.get("init_from") or {}
+  if init.get("workdir"):
+    variables, _ = initialize_from(state.variables(), workdir=init["workdir"],
+                                   checkpoint=init.get("checkpoint", "latest"), rename=tuple(init.get("rename", ())),
+                                   include=tuple(init.get("include", ())))
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                          opt_state=tx.init(variables["params"]))
+  return state, tx, schedule
 
 
 def _image_shape(config: Any) -> tuple[int, int]:
@@ -140,16 +153,7 @@ def restore_variables(config: Any, workdir: str, detector: Detector, *, which: s
   """
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.keep_checkpoints,
                               async_save=False)
-  if which == "latest":
-    step = checkpointer.latest_step()
-  elif which == "best":
-    step = checkpointer.best_step()
-  else:
-    step = int(which)
-    if step not in checkpointer.all_steps():
-      raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {checkpointer.all_steps()}")
-  if step is None:
-    raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  step = checkpoint_step(checkpointer, which, os.path.join(workdir, "checkpoints"))
   template = jax.jit(lambda: init_detector(detector, jax.random.PRNGKey(0), image_shape=_image_shape(config)))()
   variables = checkpointer.restore_subtree(step, {"params": template["params"],
                                                   "batch_stats": template.get("batch_stats", {})})

@@ -17,7 +17,7 @@ from jax.test_util import check_grads
 from jaxdet.ops.roi_align import roi_align as _roi_align_eager
 
 # Jitted once per static configuration: op-by-op dispatch of the unrolled gathers is what would make tests slow.
-STATIC = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "max_sampling_ratio")
+STATIC = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "max_sampling_ratio", "method")
 roi_align = jax.jit(_roi_align_eager, static_argnames=STATIC)
 
 
@@ -254,3 +254,50 @@ def test_a_constant_map_pools_to_the_constant_inside_the_image(value, unit):
   out = roi_align(features, boxes, np.zeros(1, np.int32), output_size=(2, 3), spatial_scale=1 / stride,
                   sampling_ratio=0, max_sampling_ratio=2)
   np.testing.assert_allclose(out, value, rtol=1e-5, atol=1e-5)
+
+
+# The "rows" formulation (row interpolation first, then column weights as a matrix product) must give the same
+# numbers and gradients as the tap formulation, which the tests above hold to NumPy and torchvision.
+
+
+@pytest.mark.parametrize("output_size,scale,ratio,aligned", CASES)
+def test_rows_formulation_matches_numpy_and_the_tap_gradients(output_size, scale, ratio, aligned):
+  features, boxes, indices = features_and_rois(len(output_size) + int(10 * scale) + ratio + 11, n=16)
+  cotangent = np.random.default_rng(ratio).normal(size=(len(boxes), *output_size, features.shape[-1]))
+  cotangent = cotangent.astype(np.float32)
+  static = dict(output_size=output_size, spatial_scale=scale, sampling_ratio=ratio, aligned=aligned,
+                max_sampling_ratio=8)
+  rows, d_rows = align_and_vjp(features, boxes, indices, cotangent, method="rows", **static)
+  taps, d_taps = align_and_vjp(features, boxes, indices, cotangent, method="taps", **static)
+  want = numpy_roi_align(features, boxes, indices, output_size=output_size, spatial_scale=scale,
+                         sampling_ratio=ratio, aligned=aligned)
+  np.testing.assert_allclose(rows, want, rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(d_rows, d_taps, rtol=1e-5, atol=5e-5)
+
+
+def test_rows_formulation_box_gradients_match_finite_differences():
+  features, boxes, indices = features_and_rois(3, n=4, channels=2)
+  boxes = boxes + np.float32(0.0137)
+
+  def fn(f, b):
+    return roi_align(f, b, indices, output_size=(2, 3), spatial_scale=0.25, sampling_ratio=1, method="rows")
+
+  check_grads(fn, (features, boxes), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
+def test_rows_formulation_invalid_boxes_give_zeros_and_finite_gradients(bad):
+  features, boxes, indices = features_and_rois(4, n=5)
+  boxes[1, 2] = bad
+  indices[4] = -1
+  fn = lambda f, b: roi_align(f, b, indices, output_size=2, spatial_scale=0.25, sampling_ratio=1, method="rows")
+  out = np.asarray(fn(features, boxes))
+  np.testing.assert_array_equal(out[[1, 4]], 0.0)
+  d_features, d_boxes = jax.grad(lambda f, b: jnp.sum(fn(f, b) ** 2), argnums=(0, 1))(features, boxes)
+  assert np.all(np.isfinite(d_features)) and np.all(np.isfinite(d_boxes))
+
+
+def test_unknown_method_is_refused():
+  features, boxes, indices = features_and_rois(0)
+  with pytest.raises(ValueError, match="method"):
+    _roi_align_eager(features, boxes, indices, output_size=2, method="dense")

@@ -19,11 +19,11 @@ STRIDES = (4, 8, 16, 32)
 IMAGE = 512  # square images: level l is IMAGE / stride cells a side
 
 
-@functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "aligned"))
-def multilevel_and_vjp(levels, boxes, indices, cotangent, *, output_size, sampling_ratio, aligned):
+@functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "aligned", "method"))
+def multilevel_and_vjp(levels, boxes, indices, cotangent, *, output_size, sampling_ratio, aligned, method="taps"):
   """Returns `(output, d_levels)`, one compilation per static configuration."""
   fn = lambda f: _multilevel_eager(f, boxes, indices, output_size=output_size, strides=STRIDES,
-                                   sampling_ratio=sampling_ratio, aligned=aligned)
+                                   sampling_ratio=sampling_ratio, aligned=aligned, method=method)
   out, vjp = jax.vjp(fn, levels)
   return out, vjp(cotangent)[0]
 
@@ -92,13 +92,14 @@ def test_levels_grow_with_the_box(w, h, factor):
   assert small <= large <= small + math.ceil(math.log2(factor)) + 1
 
 
+@pytest.mark.parametrize("method", ["taps", "rows"])
 @pytest.mark.parametrize("aligned,ratio,output_size", [(True, 2, (7, 7)), (False, 1, (3, 5))])
-def test_multilevel_equals_roi_align_on_each_box_level(aligned, ratio, output_size):
+def test_multilevel_equals_roi_align_on_each_box_level(aligned, ratio, output_size, method):
   levels, boxes, indices = pyramid_and_rois(1 + ratio)
   rng = np.random.default_rng(0)
   cotangent = rng.normal(size=(len(boxes), *output_size, 3)).astype(np.float32)
   out, d_levels = multilevel_and_vjp(levels, boxes, indices, cotangent, output_size=output_size,
-                                     sampling_ratio=ratio, aligned=aligned)
+                                     sampling_ratio=ratio, aligned=aligned, method=method)
   level_of = np.asarray(fpn_levels(boxes)) - 2
   assert len(np.unique(level_of)) == len(STRIDES)  # every level is exercised
   for l, stride in enumerate(STRIDES):
@@ -110,7 +111,7 @@ def test_multilevel_equals_roi_align_on_each_box_level(aligned, ratio, output_si
     probe = [np.zeros_like(f) for f in levels]
     probe[l] = rng.normal(size=levels[l].shape).astype(np.float32)
     probed = np.asarray(multilevel_and_vjp(probe, boxes, indices, cotangent, output_size=output_size,
-                                           sampling_ratio=ratio, aligned=aligned)[0])
+                                           sampling_ratio=ratio, aligned=aligned, method=method)[0])
     np.testing.assert_allclose(np.vdot(d_levels[l], probe[l]), np.vdot(cotangent, probed), rtol=1e-4)
 
 
@@ -129,13 +130,14 @@ def test_multilevel_matches_torchvision_multiscale_roi_align():
   np.testing.assert_allclose(np.asarray(ours)[order], theirs, rtol=1e-5, atol=2e-5)
 
 
-def test_invalid_rois_give_zeros():
+@pytest.mark.parametrize("method", ["taps", "rows"])
+def test_invalid_rois_give_zeros(method):
   levels, boxes, indices = pyramid_and_rois(5)
   boxes[0] = [np.nan, 0, 10, 10]
   indices[1] = 9
   cotangent = np.ones((len(boxes), 3, 5, 3), np.float32)
   out, d_levels = multilevel_and_vjp(levels, boxes, indices, cotangent, output_size=(3, 5), sampling_ratio=1,
-                                     aligned=False)
+                                     aligned=False, method=method)
   np.testing.assert_array_equal(np.asarray(out)[:2], 0.0)
   assert all(np.all(np.isfinite(g)) for g in d_levels)
 

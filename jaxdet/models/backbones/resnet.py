@@ -46,10 +46,13 @@ class ResNet(nn.Module):
   Attributes:
     depth: 18 or 34 (basic blocks).
     width: channels of the first stage (64 in the paper); stage k has `width * 2**k`.
+    num_stages: how many of the four stages to build (3 stops at C4, stride 16: single-map Faster R-CNN, whose
+      RoI head may run the fourth stage on each RoI).
   """
 
   depth: int = 18
   width: int = 64
+  num_stages: int = 4
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -62,7 +65,7 @@ class ResNet(nn.Module):
                      name="stem_bn")(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     outputs = []
-    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth][:self.num_stages]):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self.width * 2**stage, strides=strides, dtype=self.dtype,
