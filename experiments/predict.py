@@ -94,11 +94,11 @@ def main(argv):
     count += int(meta["example_valid"].sum())
   drawn = 0
   for item in pictures.items():
+    name = names[item.image_id - 1] if names else str(item.image_id)  # ImageFiles numbers its files from 1
     if IMAGES.value:  # image files have no annotations: nothing is a false positive or a miss
-      item = dataclasses.replace(item, gt_boxes=None, gt_labels=None, gt_crowd=None)
+      item = dataclasses.replace(item, gt_boxes=None, gt_labels=None, gt_crowd=None, name=name)
     picture = detection_picture(item, class_names=source.class_names, score_threshold=SCORE.value,
                                 min_side=MIN_SIDE.value, scale=DISPLAY_SCALE.value, title=f"checkpoint step {step}")
-    name = names[item.image_id - 1] if names else str(item.image_id)  # ImageFiles numbers its files from 1
     save_png(os.path.join(out_dir, f"{name}.png"), picture)
     drawn += 1
   evaluator.write_results(os.path.join(out_dir, "results.json"))

@@ -6,8 +6,9 @@ Two levels:
 * `draw_detections`: a picture a person can read: the image upscaled to a display scale (short side at least
   `min_side`, 512 by default), lines and a font sized for that display, ground truth as thin black-and-white
   dashes just outside the box, detections as solid boxes in a fixed colour per class, false positives crossed out
-  in red, missed objects in red dashes, and labels placed (`place_labels`) so that they cover neither each other
-  nor the boxes where the scene leaves room. `legend_strip` and `tile` compose such pictures into a grid.
+  in red, missed objects in red dashes, and labels placed (`jaxdet.data.label_placement.place_labels`) so that
+  they cover neither each other nor the boxes where the scene leaves room. `legend_strip` and `tile` compose such
+  pictures into a grid.
 
 Drawing never decides what is a false positive or a miss: callers pass those flags (`jaxdet.eval.pictures`
 computes them with the COCO matching).
@@ -23,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from jaxdet.data.label_placement import place_labels
 
 # Saturated, mutually distinct colours by class index; no red, which marks false positives and misses.
 PALETTE = (
@@ -119,51 +122,6 @@ def display_scale(height: int, width: int, *, min_side: int = 512, scale: float 
       raise ValueError(f"scale must be positive, got {scale}")
     return float(scale)
   return max(1.0, float(min_side) / max(1, min(int(height), int(width))))
-
-
-def _interval_overlap(a1, a2, b1, b2):
-  return np.maximum(0, np.minimum(a2, b2) - np.maximum(a1, b1))
-
-
-def _overlap_area(rect: np.ndarray, rects: np.ndarray) -> np.ndarray:
-  """Area shared by one rectangle `[4]` and each of `rects [N, 4]` (x1, y1, x2, y2, half-open)."""
-  if len(rects) == 0:
-    return np.zeros((0,))
-  return (_interval_overlap(rect[0], rect[2], rects[:, 0], rects[:, 2]) *
-          _interval_overlap(rect[1], rect[3], rects[:, 1], rects[:, 3]))
-
-
-def place_labels(sizes, boxes, *, bounds: tuple[int, int], obstacles=None) -> np.ndarray:
-  """Returns `[N, 4]` label rectangles (x1, y1, x2, y2) next to `boxes`, avoiding each other and the boxes.
-
-  `sizes [N, 2]` (width, height) of each label; `boxes [N, 4]` xyxy of the box each label names, in priority order
-  (the first choose first: pass detections by descending score); `bounds` (width, height) of the picture, which
-  every label stays inside; `obstacles [M, 4]` further boxes not to cover (e.g. ground truth).
-
-  Each label tries, in this order, above-left, below-left, above-right and below-right of its box (outside it),
-  then inside at the top-left and bottom-left, and takes the first position of least cost: a label over an
-  already placed label costs 1000 per shared pixel, a label over any box (its own included) 1 per pixel.
-  So labels overlap one another only when every position would, and cover boxes only when no free position
-  is left. Greedy, not optimal: an earlier label never moves to make room for a later one.
-  """
-  sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-  extra = np.zeros((0, 4)) if obstacles is None else np.asarray(obstacles, np.float64).reshape(-1, 4)
-  avoid = np.concatenate([boxes, extra])
-  width, height = bounds
-  placed = np.zeros((len(boxes), 4))
-  for i, ((w, h), (x1, y1, x2, y2)) in enumerate(zip(sizes, boxes)):
-    corners = [(x1, y1 - h), (x1, y2), (x2 - w, y1 - h), (x2 - w, y2), (x1, y1), (x1, y2 - h)]
-    best, best_cost = None, np.inf
-    for cx, cy in corners:
-      cx = min(max(cx, 0.0), max(0.0, width - w))
-      cy = min(max(cy, 0.0), max(0.0, height - h))
-      rect = np.array([cx, cy, cx + w, cy + h])
-      cost = 1000.0 * _overlap_area(rect, placed[:i]).sum() + _overlap_area(rect, avoid).sum()
-      if cost < best_cost:
-        best, best_cost = rect, cost
-    placed[i] = best
-  return placed
 
 
 def _dashed_line(draw: ImageDraw.ImageDraw, start, end, *, colors, width: int, dash: int) -> None:
@@ -400,8 +358,12 @@ def save_png(path: str | os.PathLike, image) -> str:
   return path
 
 
-def encode_png(image, *, compress_level: int = 6) -> bytes:
-  """Returns the PNG file bytes of uint8 `[H, W, 3]` `image` (what a TensorBoard image summary holds)."""
+def encode_png(image, *, compress_level: int = 3) -> bytes:
+  """Returns the PNG file bytes of uint8 `[H, W, 3]` `image` (what a TensorBoard image summary holds).
+
+  Level 3 rather than zlib's 6: a third of the time for files about a tenth larger (0.2 s vs 0.55 s, 2.0 vs 1.8 MB
+  for an 8-picture grid of textured 512 px images).
+  """
   buffer = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG", compress_level=compress_level)
   return buffer.getvalue()

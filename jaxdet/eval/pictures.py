@@ -75,6 +75,7 @@ class PictureInput:
       `Detections`, as `jaxdet.train.evaluate.predict_split` yields it).
     gt_boxes, gt_labels, gt_crowd: `[M, 4]` xyxy stored-image pixels, `[M]`, `[M]`; None for images without
       annotations (e.g. files given to predict.py): then nothing is called a false positive or a miss.
+    name: what captions call the image (e.g. its file name); "image <image_id>" when None.
   """
 
   image: np.ndarray
@@ -86,6 +87,7 @@ class PictureInput:
   gt_boxes: np.ndarray | None = None
   gt_labels: np.ndarray | None = None
   gt_crowd: np.ndarray | None = None
+  name: str | None = None
 
   @property
   def has_ground_truth(self) -> bool:
@@ -129,9 +131,10 @@ def legend_entries(class_names: Sequence[str] | None, classes: Sequence[int], *,
 
 
 def _summary(item: PictureInput, counts: dict[str, int]) -> str:
+  name = item.name if item.name is not None else f"image {item.image_id}"
   if "tp" not in counts:
-    return f"image {item.image_id}: {counts['detections']} detections"
-  return f"image {item.image_id}: {counts['tp']} correct, {counts['fp']} false, {counts['missed']} missed"
+    return f"{name}: {counts['detections']} detections"
+  return f"{name}: {counts['tp']} correct, {counts['fp']} false, {counts['missed']} missed"
 
 
 def detection_picture(item: PictureInput, *, class_names: Sequence[str] | None = None, score_threshold: float = 0.3,

@@ -177,3 +177,13 @@ def test_tile_lays_out_images_of_any_size_row_by_row():
   out = tile(images, columns=2, gap=1)
   assert out.shape == (1 + 30 + 1 + 7 + 1, 1 + 20 + 1 + 5 + 1, 3)
   assert (out[1:11, 1:21] == 1).all() and (out[1:31, 22:27] == 2).all() and (out[32:39, 1:8] == 3).all()
+
+
+def test_many_labels_on_one_small_box_stack_instead_of_overlapping():
+  boxes = np.array([[200, 150, 215, 160]] * 6, np.float64)  # six detections of one small object
+  placed = place_labels(np.array([[70, 14]] * 6), boxes, bounds=(400, 300))
+  for i in range(6):
+    for j in range(i):
+      a, b = placed[i], placed[j]
+      assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (i, j)
+  assert (np.abs(placed[:, 1] - 150) <= 4 * 14 + 10).all()  # all within a few rows of the box
