@@ -212,7 +212,7 @@ def draw_detections(image, boxes, *, scores=None, classes=None, valid=None, clas
   gt_classes = select(gt_labels, m, -1).astype(np.int64)
 
   thin = max(1, line - 1)
-  for j in gt_keep:  # ground truth first, outside its box, so detections never hide behind it
+  for j in gt_keep:  # outside its box, so that a detection of exactly that box leaves it visible
     x1, y1, x2, y2 = gt[j]
     if gt_missed[j]:
       dashed_rectangle(draw, (x1 - line, y1 - line, x2 - 1 + line, y2 - 1 + line), colors=(MARK_COLOR, None),

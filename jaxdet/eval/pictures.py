@@ -123,7 +123,7 @@ def legend_entries(class_names: Sequence[str] | None, classes: Sequence[int], *,
   entries = [("box", (235, 235, 235), f"detection, score > {score_threshold:.2f}")]
   if ground_truth:
     entries = [("dashed", None, "ground truth"), *entries,
-               ("cross", None, f"false positive (no same-class object at IoU >= {iou_threshold:g})"),
+               ("cross", None, f"false positive (matches no same-class object at IoU >= {iou_threshold:g})"),
                ("missed", None, "missed object")]
   for c in sorted(int(c) for c in classes):
     entries.append(("fill", class_color(c), class_names[c] if class_names and 0 <= c < len(class_names) else str(c)))
