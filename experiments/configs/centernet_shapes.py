@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.keep_checkpoints = 2
   c.flip_test = False
+  # At every evaluation: WORKDIR/detections_<split>.png and a TensorBoard image of the first num_pictures validation
+  # images (0: none), detections above picture_score_threshold against the ground truth (jaxdet/train/pictures.py).
+  c.num_pictures = 8
+  c.picture_score_threshold = 0.3
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes"  # shapes | coco | voc | tfds

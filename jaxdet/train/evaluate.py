@@ -58,15 +58,20 @@ def predict_split(predict_fn, variables: Any, loader: Loader, mesh, *, show_prog
 
 
 def evaluate_split(predict_fn, variables: Any, source: DetectionSource, loader: Loader, mesh, *,
-                   ground_truth: Any = None, show_progress: bool = True) -> CocoEvaluator:
+                   ground_truth: Any = None, show_progress: bool = True, pictures=None) -> CocoEvaluator:
   """Returns a `CocoEvaluator` holding the detections of every example of `source` (see `predict_split`).
 
   `ground_truth`: `source.coco_ground_truth()`, when the caller already has it (it can cost a pass over the data).
+  `pictures`: a `jaxdet.train.pictures.PictureSampler`, reset and then given this pass's detections of its images.
   """
   ground_truth = source.coco_ground_truth() if ground_truth is None else ground_truth
   evaluator = CocoEvaluator(ground_truth, source.category_ids)
+  if pictures is not None:
+    pictures.reset()
   for meta, dets in predict_split(predict_fn, variables, loader, mesh, show_progress=show_progress):
     evaluator.add(meta["image_id"], dets["boxes"], dets["scores"], dets["classes"], dets["valid"])
+    if pictures is not None:
+      pictures.add(meta, dets)
   return evaluator
 
 

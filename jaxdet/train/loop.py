@@ -24,6 +24,7 @@ from jaxdet.train.evaluate import evaluate_split, make_predict_fn, write_evaluat
 from jaxdet.train.init_from import checkpoint_step, initialize_from
 from jaxdet.train.optim import make_optimizer
 from jaxdet.train.parallel import make_mesh, replicate, replicated, shard_batch, to_host
+from jaxdet.train.pictures import make_picture_sampler, write_pictures
 from jaxdet.train.progress import Progress
 from jaxdet.train.state import TrainState, create_train_state, train_step
 from jaxdet.train.writers import MetricWriter
@@ -88,14 +89,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start is not None:
     progress.write(f"resumed from step {start} in {workdir}")
   ground_truth = eval_source.coco_ground_truth()
+  pictures = make_picture_sampler(config, eval_source) if is_main else None  # config.num_pictures, 0 = none
 
   def evaluate(state: TrainState, step: int) -> dict[str, float]:
     # Every process holds every detection (gathered), so each computes the same metrics; process 0 writes them.
     evaluator = evaluate_split(predict_fn, state.variables(), eval_source, inputs.eval_loader(config, eval_source),
-                               mesh, ground_truth=ground_truth, show_progress=False)
+                               mesh, ground_truth=ground_truth, show_progress=False, pictures=pictures)
     if not is_main:
       return evaluator.evaluate()
     metrics = write_evaluation(evaluator, workdir, config.data.eval_split, step=step)
+    if pictures is not None:  # WORKDIR/detections_<split>.png and the TensorBoard image val/detections
+      write_pictures(pictures, workdir, config.data.eval_split, step=step, writer=writer)
     progress.write(f"step {step}: validation ({config.data.eval_split})\n{evaluator.summary()}")
     writer.write(step, metrics, prefix="val/")
     return metrics

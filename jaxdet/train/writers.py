@@ -1,9 +1,10 @@
 """Metric writers: JSON lines for scripts and TensorBoard event files that need no TensorFlow.
 
 The event file is the TFRecord framing (length, masked CRC-32C of the length, payload, masked CRC-32C of the
-payload) of `Event` protocol buffers holding scalar `Summary` values, encoded here by hand: the handful of
-fields TensorBoard reads for scalars (`Event.wall_time = 1`, `step = 2`, `file_version = 3`, `summary = 5`;
-`Summary.value = 1`; `Value.tag = 1`, `simple_value = 2`).
+payload) of `Event` protocol buffers holding `Summary` values, encoded here by hand: the handful of fields
+TensorBoard reads for scalars and images (`Event.wall_time = 1`, `step = 2`, `file_version = 3`, `summary = 5`;
+`Summary.value = 1`; `Value.tag = 1`, `simple_value = 2`, `image = 4`; `Image.height = 1`, `width = 2`,
+`colorspace = 3`, `encoded_image_string = 4`, the PNG file's bytes).
 """
 
 from __future__ import annotations
@@ -51,15 +52,32 @@ def _field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _png_size(png: bytes) -> tuple[int, int, int]:
+  """(height, width, channels) from a PNG file's IHDR chunk."""
+  if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+    raise ValueError("image summaries take the bytes of a PNG file")
+  width, height = struct.unpack(">II", png[16:24])
+  channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}[png[25]]
+  return height, width, channels
+
+
+def encode_image_value(tag: str, png: bytes) -> bytes:
+  """Returns a serialised `Summary.Value` holding `png` (the bytes of a PNG file) as an image summary."""
+  height, width, channels = _png_size(png)
+  image = b"\x08" + _varint(height) + b"\x10" + _varint(width) + b"\x18" + _varint(channels) + _field(4, png)
+  return _field(1, tag.encode()) + _field(4, image)
+
+
 def encode_event(*, wall_time: float, step: int = 0, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-  """Returns a serialised `tensorboard.Event` with the given scalar summaries."""
+                 images: Mapping[str, bytes] | None = None, file_version: str | None = None) -> bytes:
+  """Returns a serialised `tensorboard.Event` with the given scalar summaries and PNG image summaries."""
   out = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(int(step))
   if file_version is not None:
     out += _field(3, file_version.encode())
-  if scalars:
-    values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", float(v)))
-                      for tag, v in scalars.items())
+  values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", float(v)))
+                   for tag, v in (scalars or {}).items())
+  values += b"".join(_field(1, encode_image_value(tag, png)) for tag, png in (images or {}).items())
+  if values:
     out += _field(5, values)
   return out
 
@@ -96,6 +114,13 @@ class MetricWriter:
     self._jsonl.flush()
     finite = {k: v for k, v in values.items() if math.isfinite(v)}
     self._events.write(tfrecord(encode_event(wall_time=record["time"], step=step, scalars=finite)))
+    self._events.flush()
+
+  def write_image(self, step: int, tag: str, png: bytes) -> None:
+    """Adds the PNG file bytes `png` to the event file as image `tag` at `step` (TensorBoard's Images tab)."""
+    if not self.enabled:
+      return
+    self._events.write(tfrecord(encode_event(wall_time=time.time(), step=step, images={tag: png})))
     self._events.flush()
 
   def close(self) -> None:

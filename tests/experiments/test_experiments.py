@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "centernet_shapes.py")
@@ -75,6 +76,7 @@ def test_train_evaluates_and_writes_everything(unbroken):
   for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
     assert -1.0 <= metrics[key] <= 1.0
   assert glob.glob(str(workdir / "events.out.tfevents.*")) and (workdir / "pr_validation.png").exists()
+  assert Image.open(workdir / "detections_validation.png").size[0] >= 4 * 512  # 8 pictures, 4 a row, 512 px each
   losses = train_losses(workdir)
   assert sorted(losses) == list(range(1, STEPS + 1)) and all(np.isfinite(list(losses.values())))
   assert "train:" in result.stderr and "img/s" in result.stderr  # the progress bar
@@ -112,7 +114,11 @@ def test_eval_and_predict_on_the_best_checkpoint(unbroken, shapes_data_dir, tmp_
   out = tmp_path / "pred"
   run("predict", workdir, "--split=test", f"--out_dir={out}", "--max_images=3", "--checkpoint=best",
       data_dir=shapes_data_dir)
-  assert len(glob.glob(str(out / "*.png"))) == 3
+  pngs = glob.glob(str(out / "*.png"))
+  assert len(pngs) == 3
+  for png in pngs:  # 64 x 64 images drawn at 8x, under a strip with the image id, threshold and legend
+    width, height = Image.open(png).size
+    assert width == 512 and height > 512
   assert json.load(open(out / "results.json")) == results  # the same checkpoint, the same detections
 
 

@@ -105,3 +105,74 @@ def test_disabled_writer_writes_nothing(tmp_path):
   writer.write(1, {"loss": 1.0})
   writer.close()
   assert not (tmp_path / "x").exists()
+
+
+def images(event):
+  """Returns the step and {tag: (height, width, colorspace, png bytes)} of the image summaries in one event."""
+  fields = parse_fields(event)
+  step = next((v for f, _, v in fields if f == 2), 0)
+  out = {}
+  for f, _, summary in fields:
+    if f == 5:
+      for _, _, value in parse_fields(summary):
+        parts = {n: v for n, _, v in parse_fields(value)}
+        if 4 in parts:
+          image = {n: v for n, _, v in parse_fields(parts[4])}
+          out[parts[1].decode()] = (image[1], image[2], image[3], image[4])
+  return step, out
+
+
+def png_bytes(height, width):
+  import io
+
+  import numpy as np
+  from PIL import Image
+  pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format="PNG")
+  return pixels, buffer.getvalue()
+
+
+def test_image_summaries_hold_the_png_and_its_size(tmp_path):
+  import io
+
+  import numpy as np
+  from PIL import Image
+  pixels, png = png_bytes(300, 1000)  # sizes above 127 need multi-byte varints
+  writer = MetricWriter(tmp_path)
+  writer.write(5, {"AP": 0.5}, prefix="val/")
+  writer.write_image(5, "val/detections", png)
+  writer.close()
+  (events,) = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  records = read_records(events)
+  assert len(records) == 3 and scalars(records[1]) == (5, {"val/AP": 0.5})
+  step, got = images(records[2])
+  assert step == 5 and set(got) == {"val/detections"}
+  height, width, colorspace, data = got["val/detections"]
+  assert (height, width, colorspace) == (300, 1000, 3) and data == png
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+
+
+def test_image_summaries_take_png_bytes_only(tmp_path):
+  writer = MetricWriter(tmp_path)
+  with pytest.raises(ValueError, match="PNG"):
+    writer.write_image(1, "x", b"\xff\xd8\xff\xe0 a jpeg")
+  writer.close()
+
+
+def test_tensorboard_reads_the_image_summary(tmp_path):
+  loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+  _, png = png_bytes(20, 30)
+  writer = MetricWriter(tmp_path)
+  writer.write_image(7, "val/detections", png)
+  writer.close()
+  from tensorboard.compat.proto import event_pb2
+  (events,) = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  raw = event_pb2.Event.FromString(list(loader.RawEventFileLoader(events).Load())[1])
+  image = raw.summary.value[0].image
+  assert raw.step == 7 and (image.height, image.width, image.colorspace) == (20, 30, 3)
+  assert image.encoded_image_string == png
+  # What TensorBoard's image dashboard reads: the loader migrates legacy images to the "images" plugin's tensors.
+  value = list(loader.EventFileLoader(events).Load())[1].summary.value[0]
+  assert value.tag == "val/detections" and value.metadata.plugin_data.plugin_name == "images"
+  assert list(value.tensor.string_val) == [b"30", b"20", png]
