@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.keep_checkpoints = 2
   c.flip_test = False
+  c.num_pictures = 8  # validation images drawn at every evaluation (WORKDIR/detections_validation.png); 0: none
+  c.picture_score_threshold = 0.3
   c.init_from = ml_collections.ConfigDict(dict(workdir="", checkpoint="latest", rename=(), include=()))
 
   c.data = ml_collections.ConfigDict()
