@@ -5,7 +5,8 @@
   python experiments/predict.py ... --split=test --max_images=16
 
 The results json (`OUT_DIR/results.json`, every detection, COCO ids of the training data) is what pycocotools'
-`loadRes` reads; PNGs show the detections scoring above --score_threshold.
+`loadRes` reads; PNGs show the detections scoring above --score_threshold. The console shows the progress bar,
+the table, warnings and errors; INFO records go to WORKDIR/log.txt (`--log_level=info` shows them too).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ImageFiles(ListSource):
 
 def main(argv):
   del argv
+  jflags.initialize()
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   if (IMAGES.value is None) == (SPLIT.value is None):
     raise app.UsageError("give exactly one of --images and --split")
