@@ -67,7 +67,10 @@ def load_config(row: zoo_rows.Row, overrides: tuple[str, ...], seed: int):
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
   try:
     values(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except (AttributeError, KeyError) as e:
+    raise ZooError(f"row {row.name!r} ({row.spec()}): an override names a field the config does not have "
+                   f"({' '.join(row.overrides + overrides)}): {e}") from e
+  except (flags.Error, TypeError, ValueError) as e:
     raise ZooError(f"row {row.name!r} ({row.spec()}): bad config or override: {e}") from e
   return values.config
 
@@ -281,6 +284,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   # `kill` ends the zoo as Ctrl-C does: the running training is stopped and its attempt's time recorded.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+  logs.quiet_console()  # the log file opens in zoo() once the work directory is known
   try:
     zoo()
   except ZooError as e:
@@ -303,7 +307,7 @@ def zoo() -> None:
         zoo_table.replace_block(f.read(), "")
       except ValueError as e:
         raise ZooError(f"{README.value}: {e}") from e
-  logs.setup(workdir)
+  logs.log_to_file(workdir)
   runs = []
   for seed in range(SEEDS.value):
     for row in rows:
