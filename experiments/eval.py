@@ -2,7 +2,10 @@
 and a record in DIR/metrics.jsonl (keys `eval_<split>/AP`, ...).
 
   python experiments/eval.py --config=experiments/configs/centernet_shapes.py --workdir=runs/centernet_shapes \
-      [--split=test] [--checkpoint=latest|best|STEP] [--config.flip_test=True]
+      [--split=test] [--checkpoint=latest|best|STEP] [--config.flip_test=True] [--log_level=info]
+
+The console shows the progress bar, the table, warnings and errors; INFO records go to WORKDIR/log.txt
+(`--log_level=info` shows them too).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best (by valid
 
 def main(argv):
   del argv
-  jflags.initialize_distributed()
+  jflags.initialize()
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   split = SPLIT.value or config.data.eval_split
   source = inputs.build_source(config, split)

@@ -6,6 +6,8 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import logs
+
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/NAME.py).",
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -17,6 +19,17 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize() -> str:
+  """Returns the log file, after quieting the console, joining a multi-host run if asked, and opening the file.
+
+  The console keeps warnings and errors (`--log_level` lowers that); INFO records go to WORKDIR/log.txt
+  (see experiments/logs.py).
+  """
+  logs.quiet_console()
+  initialize_distributed()
+  return logs.log_to_file(WORKDIR.value, process_index=jax.process_index())
 
 
 def initialize_distributed() -> None:

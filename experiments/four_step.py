@@ -72,7 +72,7 @@ def _finished(workdir: str, total_steps: int) -> bool:
 
 def main(argv):
   del argv
-  jflags.initialize_distributed()
+  jflags.initialize()
   workdir = jflags.WORKDIR.value
   configs = step_configs(flags.FLAGS["config"].config_filename, jflags.CONFIG.value)
   for step, config in enumerate(configs, start=1):

@@ -9,6 +9,8 @@ The results json (`OUT_DIR/results.json`, every detection, COCO ids of the train
 above --score_threshold on the image enlarged until its short side is --min_side pixels (or by --display_scale),
 under a strip with the image id, the threshold and a legend; with --split they also show the ground truth
 (dashed), false positives (crossed out in red) and missed objects (red dashes), matched at IoU 0.5 as COCO does.
+The console shows the progress bar, the table, warnings and errors; INFO records go to WORKDIR/log.txt
+(`--log_level=info` shows them too).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ImageFiles(ListSource):
 
 def main(argv):
   del argv
+  jflags.initialize()
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   if (IMAGES.value is None) == (SPLIT.value is None):
     raise app.UsageError("give exactly one of --images and --split")

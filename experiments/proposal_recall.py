@@ -56,6 +56,7 @@ def make_proposal_fn(detector):
 
 def main(argv):
   del argv
+  jflags.initialize()
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   with config.unlocked():
     config.model.test_post_nms_top_n = MAX_PROPOSALS.value

@@ -1,7 +1,11 @@
 """Trains a detector and evaluates it on the validation split; resumes from the newest checkpoint in --workdir.
 
   python experiments/train.py --config=experiments/configs/centernet_shapes.py --workdir=runs/centernet_shapes \
-      [--config.total_steps=...]
+      [--config.total_steps=...] [--log_level=info]
+
+The console shows the progress bar, the evaluation tables, warnings and errors; every INFO record of the libraries
+(checkpoint saves, data-set info, devices) goes to WORKDIR/log.txt (`--log_level=info` shows them too). The work
+directory also gets `config.json` and `machine.jsonl` (the machine of each start: CPU, cores, backend, versions).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import jax  # noqa: E402
 from absl import app, logging  # noqa: E402
 
 from experiments import flags as jflags  # noqa: E402
+from experiments import machine  # noqa: E402
 from jaxdet.eval import format_summary  # noqa: E402
 from jaxdet.train.loop import train_and_evaluate  # noqa: E402
 
 
 def main(argv):
   del argv
-  jflags.initialize_distributed()
+  log_file = jflags.initialize()
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   if jax.process_index() == 0:
@@ -36,11 +41,13 @@ def main(argv):
           logging.warning("the config differs from %s/config.json; writing it to %s", workdir, path)
     with open(path, "w") as f:
       f.write(config.to_json(indent=1))
+    logging.info("machine: %s", machine.record(workdir))
   metrics = train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
-    print(f"\nfinal validation metrics ({config.data.eval_split}):")
+    print(f"final validation metrics ({config.data.eval_split}):")
     print(format_summary(metrics))
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    print(f"log: {log_file}", file=sys.stderr)
 
 
 if __name__ == "__main__":

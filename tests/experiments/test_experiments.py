@@ -169,7 +169,8 @@ def test_two_processes_give_the_losses_of_one(unbroken, shapes_data_dir, tmp_pat
                                       text=True))
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), "\n".join(o[-4000:] for o in outputs)
-  assert "devices: " in outputs[0]
+  assert "devices: " in open(workdir / "log.txt").read()  # INFO records go to the log file, one per process
+  assert "devices: " in open(workdir / "log.process1.txt").read()
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records if "train/loss" in r] == list(range(1, STEPS + 1))  # one writer only
   got, want = train_losses(workdir), train_losses(reference)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import sys
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,10 +26,39 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def prepare_shapes(*, config: str = "default", data_dir: str | os.PathLike | None = None) -> Shapes:
-  """Returns the `shapes` builder of `config`, generating the set into `data_dir` first if it is not there."""
+  """Returns the `shapes` builder of `config`, generating the set into `data_dir` first if it is not there.
+
+  Generating prints one line to stderr when it starts and one when it is done; tfds' own messages and progress
+  bars go to the `jaxdet.data.shapes` logger at INFO instead of the console.
+  """
   builder = Shapes(config=config, data_dir=default_data_dir(data_dir), file_format="array_record")
-  builder.download_and_prepare()  # returns at once when the set is already there
+  if builder.data_path.exists():  # the test download_and_prepare makes before reusing a set
+    builder.download_and_prepare()
+    return builder
+  print(f"generating the shapes/{config} data set in {builder.data_dir} (once) ...", file=sys.stderr, flush=True)
+  start = time.perf_counter()
+  with _quiet_tfds() as captured:
+    builder.download_and_prepare()
+  if captured.getvalue().strip():
+    logging.getLogger(__name__).info("tfds: %s", captured.getvalue().strip())
+  sizes = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
+  print(f"generated shapes/{config} ({sizes} images) in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+        flush=True)
   return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Yields a buffer holding what tfds prints to stdout, with its progress bars off, for the duration."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+  active = getattr(tqdm_utils, "_active", True)
+  tqdm_utils.display_progress_bar(False)
+  captured = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(captured):
+      yield captured
+  finally:
+    tqdm_utils.display_progress_bar(active)
 
 
 class ShapesSource(DetectionSource):

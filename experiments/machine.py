@@ -1,0 +1,67 @@
+"""The machine a run uses, as recorded beside its results: CPU model and cores, JAX backend and devices, versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Mapping
+
+
+def cpu_model() -> str:
+  """Returns the CPU's model name (Linux `/proc/cpuinfo`, else `platform.processor()`), e.g. "AMD EPYC 7B13"."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+  """Returns the CPU cores this process may run on (its affinity mask where the OS has one)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def describe() -> dict[str, Any]:
+  """Returns the machine as a dict: `cpu`, `cores`, `backend`, `device_kind`, `devices`, `processes`, versions.
+
+  Initialises JAX's backend: call it where the run's own computation happens, not in a parent process.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return {"cpu": cpu_model(), "cores": usable_cores(), "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+          "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "python": platform.python_version()}
+
+
+def summary(machine: Mapping[str, Any]) -> str:
+  """Returns one line for a results table: "AMD EPYC, 2 cores, CPU, jax 0.10.2" or "1× NVIDIA H200 (gpu), ..."."""
+  host = f"{machine['cpu']}, {machine['cores']} cores"
+  if machine["backend"] == "cpu":
+    return f"{host}, CPU, jax {machine['jax']}"
+  return f"{machine['devices']}× {machine['device_kind']} ({machine['backend']}), host {host}, jax {machine['jax']}"
+
+
+def record(directory: str | os.PathLike[str]) -> dict[str, Any]:
+  """Returns `describe()` after appending it, with the time, as one line of `directory/machine.jsonl`."""
+  machine = describe()
+  with open(os.path.join(directory, "machine.jsonl"), "a") as f:
+    f.write(json.dumps({"time": time.time(), **machine}) + "\n")
+  return machine
+
+
+def read(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+  """Returns the machines recorded in `directory/machine.jsonl`, one per start of train.py, oldest first."""
+  path = os.path.join(directory, "machine.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
