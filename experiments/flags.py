@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import jax
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments import logs
@@ -30,6 +33,21 @@ def initialize() -> str:
   logs.quiet_console()
   initialize_distributed()
   return logs.log_to_file(WORKDIR.value, process_index=jax.process_index())
+
+
+def save_config(config, workdir: str) -> str:
+  """Returns the path the run's config went to: WORKDIR/config.json, or beside it when a resumed run's config
+  differs from the first one's (the first is kept). Call on process 0."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() != config.to_json(indent=1):
+        path = os.path.join(workdir, f"config_{int(time.time())}.json")
+        logging.warning("the config differs from %s/config.json; writing it to %s", workdir, path)
+  with open(path, "w") as f:
+    f.write(config.to_json(indent=1))
+  return path
 
 
 def initialize_distributed() -> None:

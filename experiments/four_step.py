@@ -4,10 +4,13 @@ each starting from the previous one's latest checkpoint; resumes where it stoppe
   python experiments/four_step.py --config=experiments/configs/faster_rcnn_4step_shapes.py[:1,fpn] --workdir=DIR \\
       [--config.seed=1 --config.data.shapes_config=tiny ...]
 
-Steps go to DIR/step1 ... DIR/step4; DIR/step4 holds the final detector (evaluate it with eval.py and the step-4
-config: `--config=experiments/configs/faster_rcnn_4step_shapes.py:4[,fpn] --workdir=DIR/step4`). Overrides on the
-command line apply to every step: the script takes the fields where the given config differs from the config
-file's own step 1 and sets them in each step's config. `init_from.workdir` is filled in.
+Steps go to DIR/step1 ... DIR/step4; DIR/step4 holds the final detector. When step 4 is done, DIR itself looks
+like a finished train.py run of the given config — `DIR/checkpoints` links to step 4's, `DIR/metrics.jsonl` holds
+the four steps' records in order, `DIR/config.json` the given config — so `eval.py` / `predict.py` and the zoo
+(`config.train_script = "four_step"`) use it as any run: the network is the same in every step at inference (the
+stage only changes what trains). Overrides on the command line apply to every step: the script takes the fields
+where the given config differs from the config file's own step 1 and sets them in each step's config.
+`init_from.workdir` is filled in.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import flags as jflags  # noqa: E402
+from experiments import machine  # noqa: E402
 from jaxdet.train.checkpoint import Checkpointer  # noqa: E402
 from jaxdet.train.loop import train_and_evaluate  # noqa: E402
 
@@ -70,11 +74,28 @@ def _finished(workdir: str, total_steps: int) -> bool:
   return done
 
 
+def publish(workdir: str) -> None:
+  """Makes WORKDIR look like a finished train.py run of the final detector (see the module docstring)."""
+  link = os.path.join(workdir, "checkpoints")
+  if os.path.islink(link):
+    os.remove(link)
+  os.symlink(os.path.join("step4", "checkpoints"), link)
+  with open(os.path.join(workdir, "metrics.jsonl.tmp"), "w") as out:
+    for step in range(1, 5):
+      with open(os.path.join(workdir, f"step{step}", "metrics.jsonl")) as f:
+        out.write(f.read())
+  os.replace(os.path.join(workdir, "metrics.jsonl.tmp"), os.path.join(workdir, "metrics.jsonl"))
+
+
 def main(argv):
   del argv
   jflags.initialize()
   workdir = jflags.WORKDIR.value
-  configs = step_configs(flags.FLAGS["config"].config_filename, jflags.CONFIG.value)
+  given = jflags.CONFIG.value
+  configs = step_configs(flags.FLAGS["config"].config_filename, given)
+  if jax.process_index() == 0:
+    jflags.save_config(given, workdir)
+    machine.record(workdir)
   for step, config in enumerate(configs, start=1):
     step_dir = os.path.join(workdir, f"step{step}")
     if step > 1:
@@ -85,11 +106,11 @@ def main(argv):
     print(f"step {step} of 4 ({config.model.stage}{', separate proposer' if config.model.separate_proposer else ''}"
           f"{', frozen ' + ' '.join(config.optim.frozen) if config.optim.frozen else ''}) -> {step_dir}")
     if jax.process_index() == 0:
-      os.makedirs(step_dir, exist_ok=True)
-      with open(os.path.join(step_dir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=1))
+      jflags.save_config(config, step_dir)
     metrics = train_and_evaluate(config, step_dir)
     print(json.dumps({"step": step} | {k: round(v, 4) for k, v in metrics.items()}))
+  if jax.process_index() == 0:
+    publish(workdir)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,15 +31,7 @@ def main(argv):
   config, workdir = jflags.CONFIG.value, jflags.WORKDIR.value
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):  # a resumed run keeps the first config and records its own beside it if it differs
-      with open(path) as f:
-        if f.read() != config.to_json(indent=1):
-          path = os.path.join(workdir, f"config_{int(time.time())}.json")
-          logging.warning("the config differs from %s/config.json; writing it to %s", workdir, path)
-    with open(path, "w") as f:
-      f.write(config.to_json(indent=1))
+    jflags.save_config(config, workdir)  # a resumed run keeps the first config, its own beside it if it differs
     logging.info("machine: %s", machine.record(workdir))
   metrics = train_and_evaluate(config, workdir)
   if jax.process_index() == 0:

@@ -4,7 +4,8 @@
   python experiments/zoo.py --configs='centernet_shapes,no_skips=centernet_shapes:model.skip_connections=False' \
       --seeds=2 --config_overrides=data.shapes_config=tiny,total_steps=20     # a smoke test
 
-For each row and seed (seed-major: every row's seed 0 first) it runs `experiments/train.py` in
+For each row and seed (seed-major: every row's seed 0 first) it runs `experiments/train.py` (or the config's
+`train_script`, e.g. four_step for Faster R-CNN's alternating training, `train_stages` runs of total_steps) in
 `WORKDIR/<row>/seed<k>` with `--config.seed=k` (resuming from the newest checkpoint there), then
 `experiments/eval.py --split=test --checkpoint=best` (the checkpoint with the best validation AP; writes
 `eval_test.json`), each in a fresh process. It records the wall time of training and the machine, and after every
@@ -225,7 +226,7 @@ def execute(run: dict[str, Any], index: int, total: int, overrides: tuple[str, .
       write_json(path, state)
       status = None
       try:
-        status = call("train", run_dir, args, lock)
+        status = call(run["config"].get("train_script", "train"), run_dir, args, lock)
       finally:  # an interrupted attempt keeps the time it ran
         attempt["seconds"] = time.time() - attempt["start"]
         attempt["interrupted"] = status != 0
@@ -315,7 +316,7 @@ def zoo() -> None:
       run_dir = os.path.join(workdir, row.name, f"seed{seed}")
       check_run_dir(run_dir, config)
       runs.append({"row": row, "seed": seed, "dir": run_dir, "config": config,
-                   "train_images": config.total_steps * config.batch_size})
+                   "train_images": config.total_steps * config.batch_size * config.get("train_stages", 1)})
   unfinished = [r for r in runs if not (read_json(os.path.join(r["dir"], "zoo.json")) or {}).get("evaluated")]
   print(f"zoo: {len(rows)} rows x {SEEDS.value} seeds = {len(runs)} runs in {workdir}, {len(unfinished)} to do"
         f"{' (--table_only: none run)' if TABLE_ONLY.value and unfinished else ''}", file=sys.stderr)

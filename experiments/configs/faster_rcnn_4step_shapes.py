@@ -31,6 +31,8 @@ def get_config(arg: str = "1") -> ml_collections.ConfigDict:
     raise ValueError(f"faster_rcnn_4step_shapes takes 'STEP' or 'STEP,fpn' with STEP in 1..4, got {arg!r}")
   c = (faster_rcnn_fpn_shapes if variant else faster_rcnn_shapes).get_config()
   c.total_steps = STEPS_PER_STAGE
+  c.train_script = "four_step"  # the zoo trains this row with experiments/four_step.py
+  c.train_stages = 4  # images trained: 4 x total_steps x batch_size
   c.eval_every = STEPS_PER_STAGE
   c.init_from.checkpoint = "latest"
   shared = ("backbone/", "neck/")

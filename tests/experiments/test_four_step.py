@@ -2,6 +2,7 @@
 step starts from the previous one, step 2's proposal network is step 1's, frozen layers are bit-identical across
 the steps that freeze them, trained ones move; a second invocation finds every step finished."""
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,14 @@ def test_four_steps_chain_freeze_and_resume(tmp_path, shapes_data_dir):
   assert same(p4["rpn"], p3["rpn"]) and not same(p4["roi_head"], p3["roi_head"])
   again = four_step(tmp_path, shapes_data_dir)
   assert all(f"step {k}: finished" in again.stdout for k in range(1, 5))
+  # The work directory reads as a finished run of the final detector: eval.py on it evaluates step 4's weights.
+  assert os.path.realpath(tmp_path / "checkpoints") == os.path.realpath(tmp_path / "step4" / "checkpoints")
+  records = [line for line in open(tmp_path / "metrics.jsonl")]
+  assert len(records) == sum(len(open(tmp_path / f"step{k}" / "metrics.jsonl").readlines()) for k in range(1, 5))
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "eval.py"),
+         f"--config={os.path.join(ROOT, 'experiments', 'configs', 'faster_rcnn_4step_shapes.py')}",
+         f"--workdir={tmp_path}", "--split=test", "--checkpoint=latest", *OVERRIDES]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXDET_DATA_DIR=str(shapes_data_dir))
+  result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(tmp_path / "eval_test.json"))["step"] == 3
