@@ -15,7 +15,8 @@ the test AP, AP50, AP75, APs, APm, APl, AR100, the validation AP, training minut
 README.md. Rows are written `[NAME=]CONFIG[:KEY=VALUE ...]` (experiments/zoo_rows.py).
 
 Restarting the same command continues where it stopped: finished runs are not recomputed and an interrupted
-training resumes from its newest checkpoint. A run folder trained with another resolved config is an error, not
+training resumes from its newest checkpoint. A run folder trained to its last step outside the zoo (train.py with
+the row's config and `--config.seed=k`) is adopted: its training time comes from its own records. A run folder trained with another resolved config is an error, not
 reused. The zoo does not know about code changes: use a new --workdir after a change that moves the numbers.
 `--table_only` writes the table from the finished runs without training. The console shows which run of how many,
 each run's progress bar and validation tables, warnings and errors, and a line with each run's result; a run's
@@ -155,6 +156,33 @@ def settle_interrupted(state: dict[str, Any], run_dir: str) -> None:
       attempt["interrupted"] = True
 
 
+def checkpoint_steps(run_dir: str) -> list[int]:
+  """Returns the steps of the complete checkpoints in RUN_DIR/checkpoints (orbax's numbered folders)."""
+  folder = os.path.join(run_dir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+def adopt_training(state: dict[str, Any], run_dir: str, total_steps: int) -> bool:
+  """Takes over a run trained to its last step by train.py (or the config's train_script) outside the zoo.
+
+  Returns whether it did: when the zoo has no record of the run and its newest checkpoint is the last step, its
+  training time is read from the run's own records: from each start in machine.jsonl to the last metrics record
+  before the next start. The attempts are marked `adopted`.
+  """
+  if state["attempts"] or total_steps not in checkpoint_steps(run_dir):
+    return False
+  starts = [m["time"] for m in machine.read(run_dir) if "time" in m]
+  times = sorted(r["time"] for r in metric_records(run_dir) if "time" in r)
+  if not starts or not times:
+    return False
+  for i, start in enumerate(starts):
+    end = starts[i + 1] if i + 1 < len(starts) else float("inf")
+    last = max((t for t in times if start <= t < end), default=start)
+    state["attempts"].append({"start": start, "seconds": last - start, "commit": "adopted", "adopted": True})
+  state["trained"] = True
+  return True
+
+
 try:  # resolved here, not in the forked child, which should run as little as possible before exec
   _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -214,6 +242,10 @@ def execute(run: dict[str, Any], index: int, total: int, overrides: tuple[str, .
     state = read_json(path) or {"row": row.spec(), "seed": seed, "train_images": run["train_images"],
                                 "attempts": [], "trained": False, "evaluated": False}
     settle_interrupted(state, run_dir)
+    if adopt_training(state, run_dir, run["config"].total_steps):
+      print(f"{title}: trained before outside the zoo ({sum(a['seconds'] for a in state['attempts']) / 60:.1f} min "
+            "from its records); adopted", file=sys.stderr)
+      write_json(path, state)
     if state["evaluated"] and os.path.exists(os.path.join(run_dir, f"eval_{test_split}.json")):
       print(f"{title}: finished before, {test_split} AP {run_result(run_dir, state, test_split)['test']['AP']:.3f}",
             file=sys.stderr)
