@@ -19,7 +19,9 @@ the profile of the CenterNet shapes train step on a CPU (docs/benchmarks.md):
   interior-padded add per tap, which XLA fuses into one loop.
 
 Every other convolution is `lax.conv_general_dilated` itself: XLA:CPU's gradients of those measured fastest
-(patches + matrix products were 1.5-2x slower at CenterNet's shapes).
+(patches + matrix products were 1.5-2x slower at CenterNet's shapes). These are CPU remedies: on other backends
+(cuDNN, TPU) the layers run the plain XLA operations, chosen when the computation is lowered
+(`lax.platform_dependent`), so a GPU step is flax's.
 """
 
 from __future__ import annotations
@@ -147,17 +149,23 @@ def conv_general_dilated(x: jax.Array, kernel: jax.Array, *, strides: Sequence[i
     window = [(k - 1) * r + 1 for k, r in zip(kernel.shape[:-2], kernel_dilation)]
     padding = lax.padtype_to_pads(x.shape[1:-1], window, strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if (any(s > 1 for s in strides) and x.shape[-1] <= FEW_CHANNELS and feature_group_count == 1
+  strides, groups = tuple(strides), int(feature_group_count)
+  plain = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+                            lhs_dilation=input_dilation, rhs_dilation=kernel_dilation,
+                            dimension_numbers=_dimension_numbers(x.ndim), feature_group_count=groups,
+                            precision=precision)
+  if (any(s > 1 for s in strides) and x.shape[-1] <= FEW_CHANNELS and groups == 1
       and all(s == 1 for s in input_dilation) and all(r == 1 for r in kernel_dilation)):
-    return _space_to_depth_conv(x, kernel, strides, padding, precision)
-  if all(s == 1 for s in input_dilation):  # XLA:CPU's gradients of these are fast: nothing to change
-    return lax.conv_general_dilated(x, kernel, tuple(strides), padding, None, kernel_dilation,
-                                    _dimension_numbers(x.ndim), feature_group_count, precision=precision)
-  return _dilated_conv(x, kernel, tuple(strides), padding, input_dilation, kernel_dilation,
-                       int(feature_group_count), precision)
+    fast = functools.partial(_space_to_depth_conv, strides=strides, padding=padding, precision=precision)
+  elif any(s != 1 for s in input_dilation):
+    fast = functools.partial(_dilated_conv, strides=strides, padding=padding, input_dilation=input_dilation,
+                             kernel_dilation=kernel_dilation, groups=groups, precision=precision)
+  else:  # XLA:CPU's gradients of these are fast: nothing to change
+    return plain(x, kernel)
+  return lax.platform_dependent(x, kernel, cpu=fast, default=plain)
 
 
-def _space_to_depth_conv(x, kernel, strides, padding, precision):
+def _space_to_depth_conv(x, kernel, *, strides, padding, precision):
   """A strided convolution of a few-channel input (an RGB stem) as a stride-1 one on space-to-depth blocks.
 
   Per axis with stride s and kernel k: tap k = s a + b reads padded position s (o + a) + b, i.e. block o + a,
@@ -371,4 +379,6 @@ def max_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(lo < 0 or hi < 0 for lo, hi in padding):
     raise ValueError(f"max_pool: negative padding {padding} is not supported")
-  return restore(_max_pool(x, window, strides, padding))
+  plain = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),  # noqa: E731
+                                     ((0, 0), *padding, (0, 0)))
+  return restore(lax.platform_dependent(x, cpu=lambda x: _max_pool(x, window, strides, padding), default=plain))

@@ -166,6 +166,18 @@ class LayersTest(chex.TestCase):
       layers.max_pool(x, (3, 3), (1, 1), ((-1, 0), (0, 0)))
 
 
+def test_other_backends_lower_to_the_plain_operations():
+  # The remedies are for XLA:CPU; lowered for a GPU, the gradients are XLA's own (select-and-scatter, convolutions).
+  x, kernel = _inputs((1, 5, 6, 3)), _inputs((4, 4, 3, 2), 1)
+  conv = jax.grad(lambda k: jnp.sum(layers.conv_general_dilated(x, k, strides=(1, 1), padding=((2, 2), (2, 2)),
+                                                                input_dilation=(2, 2)) ** 2))
+  pool = jax.grad(lambda x: jnp.sum(layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) ** 2))
+  lowered = {platform: [jax.export.export(jax.jit(f), platforms=[platform])(a).mlir_module()
+                        for f, a in ((conv, kernel), (pool, x))] for platform in ("cpu", "cuda")}
+  assert "dot_general" in lowered["cpu"][0] and "dot_general" not in lowered["cuda"][0]
+  assert "select_and_scatter" not in lowered["cpu"][1] and "select_and_scatter" in lowered["cuda"][1]
+
+
 def test_centernet_same_outputs_and_gradients_with_flax_layers(monkeypatch):
   model = CenterNet(num_classes=3, depth=18, width=8, neck_features=(16, 8, 8), skip_connections=True,
                     head_features=8)
