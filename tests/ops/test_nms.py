@@ -267,3 +267,11 @@ def test_selection_can_sit_inside_a_differentiated_function(algorithm):
   want[kept] = 1.0
   np.testing.assert_array_equal(grad, want)
 
+
+
+def test_auto_picks_tiled_on_cpu_and_bitmask_elsewhere():
+  boxes, scores = jax.ShapeDtypeStruct((300, 4), jnp.float32), jax.ShapeDtypeStruct((300,), jnp.float32)
+  fn = jax.jit(functools.partial(nms, iou_threshold=0.5, max_outputs=100))
+  lowered = {p: jax.export.export(fn, platforms=[p])(boxes, scores).mlir_module() for p in ("cpu", "cuda", "tpu")}
+  assert "ui32" not in lowered["cpu"]  # the packed uint32 mask is the bitmask path's
+  assert "ui32" in lowered["cuda"] and "ui32" in lowered["tpu"]
