@@ -273,5 +273,6 @@ def test_auto_picks_tiled_on_cpu_and_bitmask_elsewhere():
   boxes, scores = jax.ShapeDtypeStruct((300, 4), jnp.float32), jax.ShapeDtypeStruct((300,), jnp.float32)
   fn = jax.jit(functools.partial(nms, iou_threshold=0.5, max_outputs=100))
   lowered = {p: jax.export.export(fn, platforms=[p])(boxes, scores).mlir_module() for p in ("cpu", "cuda", "tpu")}
-  assert "ui32" not in lowered["cpu"]  # the packed uint32 mask is the bitmask path's
-  assert "ui32" in lowered["cuda"] and "ui32" in lowered["tpu"]
+  # Only the bitmask path shifts bits (packing the mask); the tiled path has its five nested while loops.
+  assert "shift_left" not in lowered["cpu"] and lowered["cpu"].count("stablehlo.while") == 5
+  assert "shift_left" in lowered["cuda"] and "shift_left" in lowered["tpu"]
