@@ -95,7 +95,7 @@ def flax_conv_layers():
   return swap()
 
 
-def jax_step(config, batch, *, flax_convs: bool, compiler_options=None):
+def jax_step(config, batch, *, flax_convs: bool):
   """Returns `(run(n) -> seconds for n steps, num_params, targets)` for the jitted jaxdet train step."""
   import contextlib  # pylint: disable=import-outside-toplevel
   detector = build_model(config, num_classes=5)
@@ -106,7 +106,7 @@ def jax_step(config, batch, *, flax_convs: bool, compiler_options=None):
     step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0)
     batch = jax.device_put(batch)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile(compiler_options=compiler_options)
+    compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   holder = [state]
 
@@ -136,10 +136,8 @@ def main(argv):
 
   runners, targets = {}, None
   for name in _VARIANTS.value:
-    if name in ("jaxdet", "flax-conv", "jaxdet-xnnpack", "flax-conv-xnnpack"):
-      options = {"xla_cpu_use_xnnpack": True} if name.endswith("xnnpack") else None
-      run, num_params, targets, compile_s = jax_step(config, batch, flax_convs=name.startswith("flax-conv"),
-                                                     compiler_options=options)
+    if name in ("jaxdet", "flax-conv"):
+      run, num_params, targets, compile_s = jax_step(config, batch, flax_convs=name == "flax-conv")
       runners[name] = run
       print(f"{name}: {num_params:,} parameters, compile {compile_s:.1f} s")
   torch_variants = [v for v in _VARIANTS.value if v.startswith("torch")]
