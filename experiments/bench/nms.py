@@ -1,12 +1,17 @@
-"""Benchmark: jaxdet's `nms` / `batched_nms` against torchvision's CPU kernels on detector-like boxes.
+"""Benchmark: jaxdet's `nms` / `batched_nms` against torchvision's kernels on detector-like boxes.
 
-  python experiments/bench/nms.py --repeats=20
+  python experiments/bench/nms.py --repeats=20                  # CPU: both algorithms vs torchvision's C++ kernels
+  python experiments/bench/nms.py --device=gpu --repeats=50     # first GPU vs torchvision's CUDA kernels
 
 For each case, generates boxes clustered around objects (as a detector's raw output: many near-duplicates that
 NMS removes, plus scattered background boxes), checks that jaxdet and torchvision keep the same indices in the
 same order, then prints jaxdet's compile time and the best warm wall time of each, with the ratio. torchvision
-has no `max_outputs`: it runs to the end and its result is cut, as torchvision's own RPN does. Without
-torchvision (see experiments/bench/torchvision_cpu_peer.sh) only jaxdet is timed.
+has no `max_outputs`: it runs to the end and its result is cut, as torchvision's own RPN does. Each jaxdet
+algorithm in `--algorithms` is timed ("tiled": the CPU default; "bitmask": the default on GPUs and TPUs).
+
+The `vmap` cases time `jax.vmap(nms)` over a batch of images against a loop of single-image jitted calls and
+against torchvision called once per image. Without torchvision (see experiments/bench/torchvision_cpu_peer.sh)
+only jaxdet is timed.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from jaxdet.ops.nms import DEFAULT_CHUNK, DEFAULT_SWEEP, DEFAULT_TILE, batched_nms, nms
+from jaxdet.ops.nms import ALGORITHMS, DEFAULT_CHUNK, DEFAULT_SWEEP, DEFAULT_TILE, batched_nms, nms
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed runs of each implementation (the best is reported)")
 _TILE = flags.DEFINE_integer("tile_size", DEFAULT_TILE, "jaxdet tile_size")
 _CHUNK = flags.DEFINE_integer("chunk_size", DEFAULT_CHUNK, "jaxdet chunk_size")
 _SWEEP = flags.DEFINE_integer("sweep_size", DEFAULT_SWEEP, "jaxdet sweep_size")
 _CASES = flags.DEFINE_list("cases", None, "names of the cases to run (default: all)")
+_ALGORITHMS = flags.DEFINE_list("algorithms", ["tiled", "bitmask"], f"jaxdet algorithms to time, of {ALGORITHMS}")
+_DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where jaxdet and torchvision run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +43,19 @@ class Case:
   iou_threshold: float
   max_outputs: int
   num_classes: int = 0  # 0: class-agnostic `nms`
+  batch: int = 0  # > 0: jax.vmap over this many images (seeds 0..batch-1)
 
 
 CASES = (
+    Case("nms-1k", 1000, 0.5, 1000),
     Case("nms-5k", 5000, 0.5, 5000),
     Case("nms-20k", 20000, 0.5, 20000),
     Case("rpn-6k-to-1k", 6000, 0.7, 1000),
     Case("batched-5k-80cls", 5000, 0.5, 5000, num_classes=80),
     Case("batched-20k-80cls", 20000, 0.5, 20000, num_classes=80),
     Case("batched-5k-80cls-top100", 5000, 0.5, 100, num_classes=80),
+    Case("vmap-8x5k-top100", 5000, 0.5, 100, batch=8),
+    Case("vmap-8x1k-80cls-top100", 1000, 0.5, 100, num_classes=80, batch=8),
 )
 
 
@@ -87,56 +98,84 @@ def best_time(fn, repeats: int) -> float:
   return min(times)
 
 
-def run_case(case: Case, torch, torchvision) -> None:
-  boxes, scores, classes = detector_boxes(case.num_boxes, case.num_classes)
+def _peer_fn(case: Case, torch, torchvision, device: str):
+  """Returns `(run() -> kept indices per image, one call per image)` for torchvision, on `device`."""
+  images = [detector_boxes(case.num_boxes, case.num_classes, seed) for seed in range(max(case.batch, 1))]
+  tensors = [tuple(torch.from_numpy(a).to(device) for a in image) for image in images]
+
+  def run():
+    out = []
+    for boxes, scores, classes in tensors:
+      if case.num_classes:
+        out.append(torchvision.ops.batched_nms(boxes, scores, classes, case.iou_threshold))
+      else:
+        out.append(torchvision.ops.nms(boxes, scores, case.iou_threshold))
+    if device != "cpu":
+      torch.cuda.synchronize()
+    return out
+
+  return run
+
+
+def run_case(case: Case, algorithm: str, torch, torchvision, device: str) -> None:
+  images = [detector_boxes(case.num_boxes, case.num_classes, seed) for seed in range(max(case.batch, 1))]
   sizes = dict(tile_size=_TILE.value, chunk_size=_CHUNK.value, sweep_size=_SWEEP.value)
-  if case.num_classes:
-    fn = functools.partial(batched_nms, iou_threshold=case.iou_threshold, max_outputs=case.max_outputs, **sizes)
-    args = (boxes, scores, classes)
+  op = batched_nms if case.num_classes else nms
+  fn = functools.partial(op, iou_threshold=case.iou_threshold, max_outputs=case.max_outputs, algorithm=algorithm,
+                         **sizes)
+  arity = 3 if case.num_classes else 2
+  if case.batch:
+    args = jax.device_put(tuple(np.stack([image[i] for image in images]) for i in range(arity)))
+    batched_fn = jax.vmap(fn)
   else:
-    fn = functools.partial(nms, iou_threshold=case.iou_threshold, max_outputs=case.max_outputs, **sizes)
-    args = (boxes, scores)
-  args = jax.device_put(args)
+    args = jax.device_put(images[0][:arity])
+    batched_fn = fn
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jax.jit(batched_fn).lower(*args).compile()
   compile_s = time.perf_counter() - start
-  idx, valid = compiled(*args)
-  kept = np.asarray(idx)[np.asarray(valid)]
+  idx, valid = (np.asarray(a) for a in compiled(*args))
+  kept = [i[v].tolist() for i, v in zip(idx.reshape(-1, case.max_outputs), valid.reshape(-1, case.max_outputs))]
   ours = best_time(lambda: jax.block_until_ready(compiled(*args)), _REPEATS.value)
-  line = (f"{case.name:<24} N={case.num_boxes:<6} t={case.iou_threshold:<4} max={case.max_outputs:<6} "
-          f"kept={len(kept):<6} jaxdet compile {compile_s:5.2f} s, run {ours * 1e3:8.2f} ms")
+  line = (f"{case.name:<24} {algorithm:<8} N={case.num_boxes:<6} t={case.iou_threshold:<4} max={case.max_outputs:<6} "
+          f"kept={sum(map(len, kept)):<6} compile {compile_s:5.2f} s, run {ours * 1e3:8.2f} ms")
+  if case.batch:  # the same images, one jitted call each
+    single = jax.jit(fn).lower(*(a[0] for a in args)).compile()
+    per_image = [tuple(a[i] for a in args) for i in range(case.batch)]
+    loop = best_time(lambda: jax.block_until_ready([single(*a) for a in per_image]), _REPEATS.value)
+    line += f" | loop of calls {loop * 1e3:8.2f} ms, vmap / loop {ours / loop:5.2f}"
   if torchvision is None:
-    print(line)
+    print(line, flush=True)
     return
-  t_boxes, t_scores, t_classes = torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes)
-  if case.num_classes:
-    peer = lambda: torchvision.ops.batched_nms(t_boxes, t_scores, t_classes, case.iou_threshold)
-  else:
-    peer = lambda: torchvision.ops.nms(t_boxes, t_scores, case.iou_threshold)
-  want = peer().numpy()[:case.max_outputs]
-  if kept.tolist() != want.tolist():
-    raise AssertionError(f"{case.name}: jaxdet and torchvision disagree ({len(kept)} vs {len(want)} kept)")
+  peer = _peer_fn(case, torch, torchvision, device)
+  want = [k.cpu().numpy()[:case.max_outputs].tolist() for k in peer()]
+  if kept != want:
+    raise AssertionError(f"{case.name}: jaxdet ({algorithm}) and torchvision disagree "
+                         f"({sum(map(len, kept))} vs {sum(map(len, want))} kept)")
   theirs = best_time(peer, _REPEATS.value)
-  print(f"{line} | torchvision {theirs * 1e3:8.2f} ms | ratio {ours / theirs:5.3f}")
+  print(f"{line} | torchvision {theirs * 1e3:8.2f} ms | ratio {ours / theirs:5.3f}", flush=True)
 
 
 def main(argv):
   del argv
+  if _DEVICE.value == "cpu":
+    jax.config.update("jax_platforms", "cpu")
+  device = "cuda" if _DEVICE.value == "gpu" else "cpu"
   try:
     import torch  # pylint: disable=import-outside-toplevel
     import torchvision  # pylint: disable=import-outside-toplevel
-    torchvision.ops.nms(torch.zeros((1, 4)), torch.zeros((1,)), 0.5)  # the CPU kernels are really there
-    peer = f"torch {torch.__version__}, torchvision {torchvision.__version__} (CPU kernels)"
-  except (ImportError, RuntimeError) as error:
+    torchvision.ops.nms(torch.zeros((1, 4), device=device), torch.zeros((1,), device=device), 0.5)  # kernels load
+    peer = f"torch {torch.__version__}, torchvision {torchvision.__version__} ({device} kernels)"
+  except (ImportError, RuntimeError, AssertionError) as error:
     torch = torchvision = None
     peer = f"torchvision unavailable ({error}); timing jaxdet only"
-  print(f"{platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].platform}, "
-        f"jax {jax.__version__}; {peer}")
+  print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind} "
+        f"({jax.devices()[0].platform}), jax {jax.__version__}; {peer}")
   print(f"jaxdet tile_size={_TILE.value} chunk_size={_CHUNK.value} sweep_size={_SWEEP.value}; "
         f"best of {_REPEATS.value} warm runs")
   for case in CASES:
     if _CASES.value is None or case.name in _CASES.value:
-      run_case(case, torch, torchvision)
+      for algorithm in _ALGORITHMS.value:
+        run_case(case, algorithm, torch, torchvision, device)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,21 @@ The IoU work is about what torchvision's loop does (each kept box against the bo
 bit for bit (float32 areas, `inter / (area_i + area_j - inter)`, no fused multiply-add) and compared with the
 threshold as its C++ kernel does (float32 IoU against the float64 threshold), so even borderline pairs agree:
 an IoU that rounds to exactly float32(0.3) = 0.30000001 is above a threshold of 0.3.
+
+That loop suits a CPU, whose cores run a short loop step in microseconds; on a GPU each step is a few kernel
+launches and the loop runs 10-23x slower than torchvision's CUDA kernel (docs/benchmarks.md). The "bitmask" path is
+built for parallel devices, as torchvision's CUDA kernel is: it computes every pair's suppression bit at once (an
+`[N, N / 32]` uint32 mask, `_suppresses` bit for bit, so both paths decide every pair identically), then resolves
+the greedy order by a fixed-point iteration in which each pass is one parallel OR-reduction over the mask (see
+`_bitmask_keep`). `algorithm="auto"` (the default) picks the tiled loop on CPU and the bitmask on other backends
+when the computation is lowered (`lax.platform_dependent`); "tiled" or "bitmask" force one (the tests run both on
+CPU). Under `jax.vmap` the tiled path runs image by image (`jax.custom_batching.sequential_vmap`): vmapping its
+loops would turn every dynamic slice into a gather and run every image's loops as long as the slowest one's.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -35,6 +47,7 @@ from jaxdet.ops.boxes import is_valid_box
 DEFAULT_TILE = 32
 DEFAULT_CHUNK = 64
 DEFAULT_SWEEP = 64
+ALGORITHMS = ("auto", "tiled", "bitmask")
 _ROW_BLOCK = 32
 _MAX_PACKED_SORT = 46340  # n * n < 2**31: (rank, index) pairs fit one int32 sort key
 
@@ -238,25 +251,72 @@ def _greedy(records: jax.Array, first: jax.Array, end: jax.Array, segment_end: j
   return kept, num_kept
 
 
-def _nms_core(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None, *, iou_threshold,
-              max_outputs: int, score_threshold: float | None, tile_size: int, chunk_size: int,
-              sweep_size: int) -> tuple[jax.Array, jax.Array]:
-  """Tiled greedy NMS; with `classes`, class by class in one loop, then merged by score."""
-  boxes = jnp.asarray(boxes, jnp.float32)
-  scores = jnp.asarray(scores, jnp.float32)
+_WORD = 32  # bits per mask word (uint32: no 64-bit types without jax_enable_x64)
+# Passes between convergence checks: a GPU's while loop reads its predicate back to the host each iteration, which
+# costs more than a pass over a few thousand boxes.
+_PASSES_PER_CHECK = 4
+
+
+def _bitmask_keep(records: jax.Array, num_selectable: jax.Array, threshold: jax.Array) -> jax.Array:
+  """bool `[N]`: which of the score-ordered `records [F, N]` greedy NMS keeps (all of them decided at once).
+
+  `mask[i, w]` has bit b set when record i precedes record 32 w + b and would suppress it (`_suppresses`), built
+  in one parallel pass over all pairs (the packing reduction fuses the IoU, so no `[N, N]` array is stored). The
+  greedy answer is the unique fixed point of `keep_j = alive_j & ~OR_{i<j}(keep_i & mask_ij)` (decide j from
+  the decisions before it); iterating from `keep = alive`, pass k settles at least the first k boxes, and a pass
+  that changes nothing has reached it. Each pass is one OR-reduction of the kept rows of the mask, N^2 / 32 word
+  reads; detector-like boxes settle in a handful of passes (chains where box a suppresses b, b would suppress c,
+  and so on, set the count: at worst N / 2). Memory: N^2 / 8 bytes, as torchvision's CUDA kernel.
+  """
+  n = records.shape[1]
+  words = -(-n // _WORD)
+  cols = jnp.pad(records, ((0, 0), (0, words * _WORD - n)))  # zero boxes: IoU 0 with everything
+  later = jnp.arange(n)[:, None] < jnp.arange(words * _WORD)[None, :]
+  bits = _suppresses(records, cols, threshold) & later
+  shifts = jnp.arange(_WORD, dtype=jnp.uint32)
+  mask = jnp.sum(jnp.where(bits.reshape(n, words, _WORD), jnp.uint32(1) << shifts, jnp.uint32(0)), axis=-1,
+                 dtype=jnp.uint32)
+  alive = jnp.arange(n) < num_selectable
+
+  def sweep(keep):
+    hit_words = jax.lax.reduce(jnp.where(keep[:, None], mask, jnp.uint32(0)), jnp.uint32(0), jax.lax.bitwise_or,
+                               (0,))
+    return alive & ~((hit_words[:, None] >> shifts) & 1).reshape(-1)[:n].astype(bool)
+
+  def step(state):
+    keep, _ = state
+    for _ in range(_PASSES_PER_CHECK - 1):  # extra passes at the fixed point change nothing
+      keep = sweep(keep)
+    new = sweep(keep)
+    return new, jnp.any(new != keep)
+
+  keep, _ = jax.lax.while_loop(lambda s: s[1], step, (alive, jnp.array(True)))
+  return keep
+
+
+def _bitmask_nms(boxes: jax.Array, scores: jax.Array, selectable: jax.Array, threshold: jax.Array,
+                 classes: jax.Array | None = None, *, max_outputs: int) -> tuple[jax.Array, jax.Array]:
+  """The bitmask path: one score-ordered pass, classes compared per pair (no class-major ordering needed)."""
+  order = _descending_order(scores, selectable)
+  records = _records(boxes[order], order, None if classes is None else classes[order])
+  keep = _bitmask_keep(records, jnp.sum(selectable, dtype=jnp.int32), threshold)
+  slot = jnp.where(keep, jnp.cumsum(keep) - 1, max_outputs)
+  index = jnp.zeros((max_outputs,), jnp.int32).at[slot].set(order, mode="drop")
+  valid = jnp.arange(max_outputs) < jnp.sum(keep)
+  return index, valid
+
+
+def _tiled_nms(boxes: jax.Array, scores: jax.Array, selectable: jax.Array, threshold: jax.Array,
+               classes: jax.Array | None = None, *, max_outputs: int, tile_size: int, chunk_size: int,
+               sweep_size: int) -> tuple[jax.Array, jax.Array]:
+  """The tiled path; with `classes`, class by class in one loop, then merged by score."""
   n = boxes.shape[0]
-  if n == 0 or max_outputs == 0:
-    return jnp.zeros((max_outputs,), jnp.int32), jnp.zeros((max_outputs,), bool)
-  selectable = jnp.isfinite(scores) & jnp.all(jnp.isfinite(boxes), axis=-1)
-  if score_threshold is not None:
-    selectable &= scores > score_threshold
   num_selectable = jnp.sum(selectable, dtype=jnp.int32)
   order = score_order = _descending_order(scores, selectable)
   tile, chunk, sweep = max(1, min(tile_size, n)), max(1, chunk_size), max(1, sweep_size)
 
   segment_end = None
   if classes is not None:
-    classes = jnp.asarray(classes, jnp.int32)
     order, segment_end = _class_major(score_order, classes, num_selectable)
     classes = classes[order]
   # `chunk` slots before the records (sweeps read chunks that start up to `chunk` before the live candidates)
@@ -265,9 +325,8 @@ def _nms_core(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None, *,
   if segment_end is not None:  # in buffer positions, indexed by buffer position
     segment_end = jnp.pad(segment_end + chunk, (chunk, 0))
   max_kept = n if classes is not None else min(max_outputs, n)
-  kept, num_kept = _greedy(records, jnp.int32(chunk), chunk + num_selectable, segment_end,
-                           threshold=_threshold_f32(iou_threshold), max_kept=max_kept, tile=tile, chunk=chunk,
-                           sweep=sweep)
+  kept, num_kept = _greedy(records, jnp.int32(chunk), chunk + num_selectable, segment_end, threshold=threshold,
+                           max_kept=max_kept, tile=tile, chunk=chunk, sweep=sweep)
   index = _as_i32(kept[5, :max_kept])
   if classes is not None:  # merge the classes' kept boxes: sort them by their place in score order
     score_rank = jnp.zeros((n,), jnp.int32).at[score_order].set(jnp.arange(n, dtype=jnp.int32))
@@ -278,8 +337,37 @@ def _nms_core(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None, *,
   return jnp.where(valid, index, 0), valid
 
 
+def _nms_core(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None, *, iou_threshold,
+              max_outputs: int, score_threshold: float | None, algorithm: str, tile_size: int, chunk_size: int,
+              sweep_size: int) -> tuple[jax.Array, jax.Array]:
+  """Checks the arguments, finds the selectable boxes and runs the chosen path (module docstring)."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(f"nms: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+  # Integer outputs carry no gradient; stopping it here lets a caller differentiate through the selection (the
+  # tiled path's custom batching rule has no autodiff rule).
+  boxes = jax.lax.stop_gradient(jnp.asarray(boxes, jnp.float32))
+  scores = jax.lax.stop_gradient(jnp.asarray(scores, jnp.float32))
+  n = boxes.shape[0]
+  if n == 0 or max_outputs == 0:
+    return jnp.zeros((max_outputs,), jnp.int32), jnp.zeros((max_outputs,), bool)
+  selectable = jnp.isfinite(scores) & jnp.all(jnp.isfinite(boxes), axis=-1)
+  if score_threshold is not None:
+    selectable &= scores > score_threshold
+  args = (boxes, scores, selectable, _threshold_f32(iou_threshold))
+  if classes is not None:
+    args += (jnp.asarray(classes, jnp.int32),)
+  tiled = jax.custom_batching.sequential_vmap(functools.partial(
+      _tiled_nms, max_outputs=max_outputs, tile_size=tile_size, chunk_size=chunk_size, sweep_size=sweep_size))
+  bitmask = functools.partial(_bitmask_nms, max_outputs=max_outputs)
+  if algorithm == "tiled":
+    return tiled(*args)
+  if algorithm == "bitmask":
+    return bitmask(*args)
+  return jax.lax.platform_dependent(*args, cpu=tiled, default=bitmask)
+
+
 def nms(boxes: jax.Array, scores: jax.Array, *, iou_threshold: float, max_outputs: int,
-        score_threshold: float | None = None, tile_size: int = DEFAULT_TILE,
+        score_threshold: float | None = None, algorithm: str = "auto", tile_size: int = DEFAULT_TILE,
         chunk_size: int = DEFAULT_CHUNK, sweep_size: int = DEFAULT_SWEEP) -> tuple[jax.Array, jax.Array]:
   """Returns `(indices, valid)`: int32 `[max_outputs]` kept indices in descending score order, and their mask.
 
@@ -288,7 +376,8 @@ def nms(boxes: jax.Array, scores: jax.Array, *, iou_threshold: float, max_output
   scores that are not finite, and scores <= `score_threshold` when given, are never kept. Boxes of zero or
   negative size have IoU 0 with everything, so they are kept by score and suppress nothing (torchvision does the
   same for empty boxes; for inverted ones its arithmetic gives arbitrary IoUs). Invalid output slots hold index 0.
-  Jittable and vmappable; memory O(N + tile_size x chunk_size).
+  Jittable and vmappable. Memory: O(N + tile_size x chunk_size) on the tiled path, N^2 / 8 bytes on the bitmask
+  path (module docstring).
 
   Args:
     boxes: `[N, 4]` xyxy. scores: `[N]`.
@@ -296,24 +385,27 @@ def nms(boxes: jax.Array, scores: jax.Array, *, iou_threshold: float, max_output
       scalar in float32.
     max_outputs: static output length; NMS stops once that many boxes are kept.
     score_threshold: optional; boxes must score strictly above it.
+    algorithm: "auto" (tiled on CPU, bitmask elsewhere, chosen when lowered), "tiled" or "bitmask" (static).
+      Both give the same result.
     tile_size, chunk_size, sweep_size: candidates resolved together, boxes compared per step, pending kept
-      boxes that trigger a sweep (all static). Speed knobs only: results do not depend on them.
+      boxes that trigger a sweep (all static; tiled path). Speed knobs only: results do not depend on them.
   """
   return _nms_core(boxes, scores, None, iou_threshold=iou_threshold, max_outputs=max_outputs,
-                   score_threshold=score_threshold, tile_size=tile_size, chunk_size=chunk_size,
-                   sweep_size=sweep_size)
+                   score_threshold=score_threshold, algorithm=algorithm, tile_size=tile_size,
+                   chunk_size=chunk_size, sweep_size=sweep_size)
 
 
 def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array, *, iou_threshold: float,
-                max_outputs: int, score_threshold: float | None = None, tile_size: int = DEFAULT_TILE,
-                chunk_size: int = DEFAULT_CHUNK, sweep_size: int = DEFAULT_SWEEP) -> tuple[jax.Array, jax.Array]:
+                max_outputs: int, score_threshold: float | None = None, algorithm: str = "auto",
+                tile_size: int = DEFAULT_TILE, chunk_size: int = DEFAULT_CHUNK,
+                sweep_size: int = DEFAULT_SWEEP) -> tuple[jax.Array, jax.Array]:
   """Returns `(indices, valid)` of class-aware NMS: boxes suppress only boxes of their own class.
 
   Equal to torchvision's `batched_nms`: int32 `[max_outputs]` indices in descending score order (equal scores by
-  input index) and their mask. Strategy: exact per-class NMS in one loop. Boxes are ordered by class, then
-  score; each class is a contiguous run that the tiled loop of `nms` resolves on its own (kept boxes of earlier
-  classes are never compared, a sweep stops at the class's end), and the kept boxes are merged by score with one
-  integer sort. Not chosen:
+  input index) and their mask. Strategy of the tiled path: exact per-class NMS in one loop. Boxes are ordered by
+  class, then score; each class is a contiguous run that the tiled loop of `nms` resolves on its own (kept boxes
+  of earlier classes are never compared, a sweep stops at the class's end), and the kept boxes are merged by
+  score with one integer sort. Not chosen:
   - torchvision's coordinate offset (`boxes + class * (max_coordinate + 1)`, its CPU path up to 1,000 boxes):
     the offset pushes coordinates to num_classes x image size, where float32 spacing changes IoUs: 250 classes on
     a 4,000 px image reach 1e6 (spacing 0.0625 px), and 5 of 250 pairs with IoU 0.5 +- 0.0025 are decided
@@ -321,12 +413,13 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array, *, iou_
   - one score-ordered pass with a same-class test: exact and it could stop at `max_outputs`, but every kept box
     is compared with the kept boxes of all classes: 20,000 boxes in 80 classes took 370 ms against 12-18 ms for
     class by class (torchvision: 50-90 ms), measured on a 2-core CPU.
-  The price: all classes are resolved before the top `max_outputs` are taken. Memory O(N).
+  The price: all classes are resolved before the top `max_outputs` are taken. Memory O(N). The bitmask path
+  makes the one score-ordered pass, with the class test in every pair's bit (its pairs are all computed anyway).
 
   Args:
     boxes: `[N, 4]` xyxy. scores: `[N]`. classes: int `[N]`, any int32 values.
     Other arguments as `nms`.
   """
   return _nms_core(boxes, scores, classes, iou_threshold=iou_threshold, max_outputs=max_outputs,
-                   score_threshold=score_threshold, tile_size=tile_size, chunk_size=chunk_size,
-                   sweep_size=sweep_size)
+                   score_threshold=score_threshold, algorithm=algorithm, tile_size=tile_size,
+                   chunk_size=chunk_size, sweep_size=sweep_size)

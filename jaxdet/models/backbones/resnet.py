@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv, max_pool
+
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
@@ -26,7 +28,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype)
     y = conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
@@ -60,10 +62,10 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
     x = x.astype(self.dtype)
-    x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+    x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name="stem_bn")(x)
-    x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     outputs = []
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth][:self.num_stages]):
       for block in range(num_blocks):

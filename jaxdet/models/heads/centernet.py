@@ -8,6 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
+
 # Heatmap logits start at log(0.1 / 0.9): every cell predicts "object" with probability 0.1, as in CenterNet, so
 # the focal loss of the many negative cells does not swamp the first steps.
 HEATMAP_PRIOR = 0.1
@@ -31,8 +33,8 @@ class CenterNetHead(nn.Module):
   dtype: Any = jnp.float32
 
   def _branch(self, x, out: int, name: str, bias_init=nn.initializers.zeros):
-    y = nn.relu(nn.Conv(self.head_features, (3, 3), padding=1, dtype=self.dtype, name=f"{name}_conv")(x))
-    y = nn.Conv(out, (1, 1), dtype=self.dtype, bias_init=bias_init, name=f"{name}_out")(y)
+    y = nn.relu(Conv(self.head_features, (3, 3), padding=1, dtype=self.dtype, name=f"{name}_conv")(x))
+    y = Conv(out, (1, 1), dtype=self.dtype, bias_init=bias_init, name=f"{name}_out")(y)
     return y.astype(jnp.float32)
 
   @nn.compact

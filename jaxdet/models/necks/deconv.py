@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdet.models.layers import Conv, ConvTranspose
+
 
 def bilinear_upsampling_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
   """Returns a `[k, k, C, C]` transposed-convolution kernel that upsamples each channel bilinearly on its own.
@@ -56,13 +58,13 @@ class DeconvNeck(nn.Module):
   def __call__(self, backbone_maps: Sequence[jnp.ndarray], *, train: bool):
     x = backbone_maps[-1]
     for i, f in enumerate(self.features):
-      x = nn.Conv(f, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"conv{i + 1}")(x)
+      x = Conv(f, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i + 1}a")(x))
-      x = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
-                           kernel_init=bilinear_upsampling_init, name=f"up{i + 1}")(x)
+      x = ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
+                        kernel_init=bilinear_upsampling_init, name=f"up{i + 1}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i + 1}b")(x)
       if self.skip_connections:
-        lateral = nn.Conv(f, (1, 1), use_bias=False, dtype=self.dtype, name=f"lateral{i + 1}")(backbone_maps[-2 - i])
+        lateral = Conv(f, (1, 1), use_bias=False, dtype=self.dtype, name=f"lateral{i + 1}")(backbone_maps[-2 - i])
         x = x + nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                              name=f"lateral{i + 1}_bn")(lateral)
       x = nn.relu(x)
