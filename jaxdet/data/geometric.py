@@ -181,7 +181,8 @@ def hflip(example: Example) -> Example:
   out["boxes"] = map_boxes(example["boxes"].reshape(-1, 4), scale=(-1.0, 1.0), offset=(float(w), 0.0))
   out["frame"] = compose_frame(example["frame"], scale=(-1.0, 1.0), offset=(float(w), 0.0))
   if "proposals" in example:
-    out["proposals"] = map_boxes(example["proposals"].reshape(-1, 4), scale=(-1.0, 1.0), offset=(float(w), 0.0))
+    mapped = map_boxes(example["proposals"].reshape(-1, 4), scale=(-1.0, 1.0), offset=(float(w), 0.0))
+    out["proposals"] = np.where(example["proposal_valid"][:, None], mapped, 0.0).astype(np.float32)
   return out
 
 
