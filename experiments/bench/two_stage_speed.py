@@ -6,8 +6,8 @@
 For each detector (its shapes config, its checkpoint's weights — or freshly initialised ones where no work
 directory is given, which the table says), the jitted `predict_step` runs warm on the first `--images` images of
 `--split`, `--batch_size` at a time (1: the papers' per-image timing), and the wall time per image is reported
-(the best of `--repeats` passes); the R-CNN family's selective search is timed on the same images in this process
-(fast mode, one process) and added. The "slow -> fast -> faster" story: R-CNN runs its CNN once per proposal, Fast
+(the best of `--repeats` passes); the R-CNN family's selective search runs on the same images in this process
+(fast mode, one process, the median per image) and is added. No proposal cache is needed. The "slow -> fast -> faster" story: R-CNN runs its CNN once per proposal, Fast
 R-CNN once per image, Faster R-CNN also computes its proposals on the network.
 """
 
@@ -25,9 +25,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import fast_rcnn_shapes, faster_rcnn_shapes, rcnn_shapes  # noqa: E402
+from jaxdet.data.source import ListSource  # noqa: E402
 from jaxdet.models.detector import init_detector  # noqa: E402
 from jaxdet.models.heads.roi_box import truncate_fc_svd  # noqa: E402
 from jaxdet.proposals.selective_search import selective_search  # noqa: E402
+from jaxdet.proposals.source import ProposalSource  # noqa: E402
 from jaxdet.train import inputs  # noqa: E402
 from jaxdet.train.evaluate import make_predict_fn  # noqa: E402
 from jaxdet.train.loop import build_model, restore_variables  # noqa: E402
@@ -63,12 +65,28 @@ def _config(module, workdir):
   return config
 
 
-def time_detector(name, config, workdir, *, transform=None, model_overrides=None):
-  """Returns seconds per image of the jitted predict step, warm, best of REPEATS, on the first IMAGES images."""
+def timed_source(config):
+  """Returns `(source, seconds)`: the first IMAGES images of SPLIT with selective-search proposals computed here,
+  one image at a time in this process, and the median seconds per image of that search."""
+  base = inputs._build_source(config.data, SPLIT.value)  # pylint: disable=protected-access  (no split cache)
+  examples = [base[i] for i in range(min(IMAGES.value, len(base)))]
+  p = config.data.proposals
+  times, boxes = [], []
+  for ex in examples:
+    start = time.perf_counter()
+    boxes.append(selective_search(ex["image"], mode=p.mode, k_scale=p.k_scale, seed=int(ex["image_id"])))
+    times.append(time.perf_counter() - start)
+  arrays = {"image_id": np.array([int(ex["image_id"]) for ex in examples]),
+            "counts": np.array([len(b) for b in boxes]), "boxes": np.concatenate(boxes)}
+  listed = ListSource(examples, base.class_names)
+  return ProposalSource(listed, arrays, num_proposals=p.num), float(np.median(times))
+
+
+def time_detector(name, config, workdir, source, *, transform=None, model_overrides=None):
+  """Returns seconds per image of the jitted predict step on `source`, warm, best of REPEATS."""
   with config.unlocked():
     for k, v in (model_overrides or {}).items():
       config.model[k] = v
-  source = inputs.build_source(config, SPLIT.value)
   detector = build_model(config, source.num_classes)
   base = config.copy_and_resolve_references()
   if "svd_ranks" in base.model:
@@ -82,49 +100,36 @@ def time_detector(name, config, workdir, *, transform=None, model_overrides=None
   if transform is not None:
     variables = transform(jax.tree.map(np.asarray, variables))
   predict = make_predict_fn(detector)
-  batches = []
-  for batch in inputs.eval_loader(config, source):
-    batches.append({k: batch[k] for k in predict.fields})
-    if len(batches) * BATCH.value >= IMAGES.value:
-      break
+  batches = [{k: b[k] for k in predict.fields} for b in inputs.eval_loader(config, source)]
   jax.block_until_ready(predict(variables, batches[0]))  # compile
   best = np.inf
   for _ in range(REPEATS.value):
     start = time.perf_counter()
     for b in batches:
       jax.block_until_ready(predict(variables, b))
-    best = min(best, (time.perf_counter() - start) / (len(batches) * BATCH.value))
+    best = min(best, (time.perf_counter() - start) / len(source))
   return {"detector": name, "network_s_per_image": best, "checkpoint_step": step,
           "weights": "trained" if workdir else "initialised",
           "proposals_per_image": config.data.proposals.num if "proposals" in config.data else None}
-
-
-def selective_search_seconds(config) -> float:
-  source = inputs._build_source(config.data, SPLIT.value)  # pylint: disable=protected-access
-  times = []
-  for i in range(min(IMAGES.value, len(source))):
-    ex = source[i]
-    start = time.perf_counter()
-    selective_search(ex["image"], mode=config.data.proposals.mode, k_scale=config.data.proposals.k_scale,
-                     seed=int(ex["image_id"]))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main(argv):
   del argv
   ranks = tuple(int(r) for r in SVD_RANKS.value)
   fast_config = _config(fast_rcnn_shapes, FAST_DIR.value)
-  ss = selective_search_seconds(fast_config)
+  rcnn_config = _config(rcnn_shapes, RCNN_DIR.value)
+  fast_source, ss = timed_source(fast_config)
+  rcnn_source, _ = timed_source(rcnn_config)
+  faster_config = _config(faster_rcnn_shapes, FASTER_DIR.value)
+  faster_source = ListSource([fast_source.source[i] for i in range(len(fast_source))], fast_source.class_names)
+  svd = lambda v: {"params": dict(v["params"], roi_head=truncate_fc_svd(v["params"]["roi_head"], ranks)),  # noqa
+                   "batch_stats": v["batch_stats"]}
   rows = [
-      time_detector("R-CNN (SVM)", _config(rcnn_shapes, RCNN_DIR.value), RCNN_DIR.value) | {"proposal_s": ss},
-      time_detector("Fast R-CNN", fast_config, FAST_DIR.value) | {"proposal_s": ss},
+      time_detector("R-CNN (SVM)", rcnn_config, RCNN_DIR.value, rcnn_source) | {"proposal_s": ss},
+      time_detector("Fast R-CNN", fast_config, FAST_DIR.value, fast_source) | {"proposal_s": ss},
       time_detector(f"Fast R-CNN, SVD {ranks}", _config(fast_rcnn_shapes, FAST_DIR.value), FAST_DIR.value,
-                    transform=lambda v: {"params": dict(v["params"], roi_head=truncate_fc_svd(
-                        v["params"]["roi_head"], ranks)), "batch_stats": v["batch_stats"]},
-                    model_overrides={"svd_ranks": ranks}) | {"proposal_s": ss},
-      time_detector("Faster R-CNN", _config(faster_rcnn_shapes, FASTER_DIR.value), FASTER_DIR.value)
-      | {"proposal_s": 0.0},
+                    fast_source, transform=svd, model_overrides={"svd_ranks": ranks}) | {"proposal_s": ss},
+      time_detector("Faster R-CNN", faster_config, FASTER_DIR.value, faster_source) | {"proposal_s": 0.0},
   ]
   print(f"{'detector':28s} {'weights':12s} {'P':>5s} {'proposals s':>12s} {'network s':>10s} {'total s':>9s}")
   for r in rows:
