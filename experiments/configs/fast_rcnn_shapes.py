@@ -10,8 +10,9 @@ The paper's recipe scaled to 128 x 128 images and a 2-core CPU, with the backbon
   over C + 1 and class-specific deltas, loss = cross-entropy + smooth L1 (eq. 1, lambda = 1);
 - hierarchical sampling: minibatches of 2 images x 64 RoIs (25% foreground at IoU >= 0.5, background in
   [0.1, 0.5), ground truth appended as proposals); the budget of the results protocol is then 27,200 steps of 2
-  images. `--config.batch_size=16 --config.total_steps=3400 --config.model.rois_per_image=16` keeps 128 RoIs per
-  step with 16 images (the same RoI count per step, 8x fewer steps);
+  images (54,400 images; a probe on the shared 2-core machine, load ~9, ran 50 images/s, so about 18 minutes).
+  `--config.batch_size=16 --config.total_steps=3400 --config.model.rois_per_image=16` keeps 128 RoIs per step with
+  16 images (the same RoI count per step, 8x fewer steps);
 - test: every proposal scored, per-class decoding, class-aware NMS 0.3 (the paper's), top 100; truncated SVD of
   fc6 / fc7 with `--config.model.svd_ranks='(r6, r7)'` on a checkpoint compressed by `experiments/compress_svd.py`;
 - Adam instead of SGD (from scratch with batch norm, as the other shapes rows).
