@@ -117,9 +117,10 @@ def test_short_training_on_external_proposals_lowers_the_loss():
 
 
 def test_faster_rcnn_still_builds_on_the_shared_parts():
-  detector = build_detector("faster_rcnn", num_classes=2, backbone="vgg", width=8, rpn_features=8, head_features=16,
-                            test_post_nms_top_n=8, test_pre_nms_top_n=50, pooler="pool")
-  v = detector.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8))
+  detector = build_detector("faster_rcnn", num_classes=2, backbone="vgg", width=4, rpn_features=8, head_features=16,
+                            anchor_sizes=(16,), test_post_nms_top_n=8, test_pre_nms_top_n=50, pooler="pool")
+  images = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+  v = jax.jit(detector.module.init)(jax.random.PRNGKey(0), images)
   assert "backbone" in v["params"] and "roi_head" in v["params"]
-  out = detector.module.apply(v, jnp.zeros((1, 64, 64, 3), jnp.uint8))
+  out = jax.jit(detector.module.apply)(v, images)
   assert out["roi_logits"].shape == (1, 8, 3)
