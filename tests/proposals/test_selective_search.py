@@ -146,3 +146,44 @@ def test_modes_and_bad_input():
   for space in ss.COLOR_SPACES:
     out = ss.convert_color(np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8), space)
     assert out.shape[:2] == (5, 6) and out.min() >= 0 and out.max() <= 1, space
+
+
+def _grouping_by_hand(features, pairs, *, image_size, similarities):
+  """The greedy loop of sec. 3.1 written plainly: rescan every adjacent pair for the most similar at each step."""
+  f = {k: list(v) for k, v in features.items()}
+  adjacent = {tuple(p) for p in pairs.tolist()}
+  alive = set(range(len(f["size"])))
+  boxes = [np.asarray(b) for b in f["box"]]
+  while adjacent:
+    def score(p):
+      g = {k: np.asarray(v) for k, v in f.items()}
+      return ss.similarity(g, p[0], p[1], image_size=image_size, kinds=similarities)
+    i, j = max(sorted(adjacent), key=score)  # ties: the first pair in sorted order, as the implementation
+    t = len(f["size"])
+    si, sj = f["size"][i], f["size"][j]
+    for key in ("color", "texture"):
+      f[key].append((si * f[key][i] + sj * f[key][j]) / (si + sj))
+    f["size"].append(si + sj)
+    box = np.array([min(f["box"][i][0], f["box"][j][0]), min(f["box"][i][1], f["box"][j][1]),
+                    max(f["box"][i][2], f["box"][j][2]), max(f["box"][i][3], f["box"][j][3])])
+    f["box"].append(box)
+    boxes.append(box)
+    neighbours = {a if b in (i, j) else b for a, b in adjacent if a in (i, j) or b in (i, j)} - {i, j}
+    adjacent = {p for p in adjacent if i not in p and j not in p} | {(n, t) for n in neighbours}
+    alive -= {i, j}
+    alive.add(t)
+  return np.array(boxes)
+
+
+@pytest.mark.parametrize("similarities", [ss.CTSF, ss.TSF, ("fill", "size")])
+def test_grouping_matches_the_plain_greedy_loop(similarities):
+  image, _ = _blocks_image(4)
+  conv = ss.convert_color(image, "hsv")
+  labels = ss.segment(conv, k=20.0, min_size=20.0)
+  features = ss.region_features(conv, labels)
+  pairs = ss.adjacent_pairs(labels)
+  got = ss.hierarchical_grouping({k: v.copy() for k, v in features.items()}, pairs, image_size=float(labels.size),
+                                 similarities=similarities)
+  want = _grouping_by_hand(features, pairs, image_size=float(labels.size), similarities=similarities)
+  assert len(features["size"]) > 5
+  np.testing.assert_array_equal(got, want)
