@@ -7,8 +7,9 @@ For each detector (its shapes config, its checkpoint's weights — or freshly in
 directory is given, which the table says), the jitted `predict_step` runs warm on the first `--images` images of
 `--split`, `--batch_size` at a time (1: the papers' per-image timing), and the wall time per image is reported
 (the best of `--repeats` passes); the R-CNN family's selective search runs on the same images in this process
-(fast mode, one process, the median per image) and is added. No proposal cache is needed. The "slow -> fast -> faster" story: R-CNN runs its CNN once per proposal, Fast
-R-CNN once per image, Faster R-CNN also computes its proposals on the network.
+(fast mode, one process, the median per image) and is added. No proposal cache is needed. The "slow -> fast ->
+faster" story: R-CNN runs its CNN once per proposal, Fast R-CNN once per image, Faster R-CNN also computes its
+proposals on the network.
 """
 
 from __future__ import annotations

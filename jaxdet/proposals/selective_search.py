@@ -27,8 +27,9 @@ paper's, sqrt(H W / (500 x 375)) (0.296 at 128 x 128); "area" by the area ratio 
 segmentation's granularity relative to the image but gives ~6x more initial regions. Measured on 30 `shapes`
 validation images (fast mode): "area" 3,980 boxes, 0.63 s per image, recall@0.5 0.84 / 0.97 / 1.0 at 100 / 300 /
 1,000 proposals; "linear" (0.3) 610 boxes, 0.15 s, 0.91 / 0.97 / 1.0; the paper's k unscaled (1.0) 118 boxes,
-0.11 s, at most 0.94. Texture orientations: the first Gaussian derivatives (gx, gy) steered to theta = 0, 45, ..., 315 degrees
-and half-wave rectified (so opposite orientations differ), binned over [0, the channel's largest response].
+0.11 s, at most 0.94. Texture orientations: the first Gaussian derivatives (gx, gy) steered to theta = 0, 45, ...,
+315 degrees and half-wave rectified (so opposite orientations differ), binned over [0, the channel's largest
+response].
 """
 
 from __future__ import annotations
