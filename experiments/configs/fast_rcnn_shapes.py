@@ -6,8 +6,9 @@ The paper's recipe scaled to 128 x 128 images and a 2-core CPU, with the backbon
   under `<data dir>/proposals/shapes_<config>/selective_search_fast/`; the top 1,000 of each image (the paper's
   2,000 for ~500 x 375 images; shapes images get ~610 on average, so nearly all are kept), in training and at test;
 - one forward pass of the whole image: ResNet-18 layout at a quarter width to C4 (stride 16;
-  `--config.model.backbone=vgg` for the paper's VGG-16 to conv5_3), RoI Pool 7 x 7 (the paper's quantised max pooling), fc6 + fc7 (256), softmax
-  over C + 1 and class-specific deltas, loss = cross-entropy + smooth L1 (eq. 1, lambda = 1);
+  `--config.model.backbone=vgg` for the paper's VGG-16 to conv5_3), RoI Pool 7 x 7 (the paper's quantised max
+  pooling), fc6 + fc7 (256), softmax over C + 1 and class-specific deltas, loss = cross-entropy + smooth L1 (eq. 1,
+  lambda = 1);
 - hierarchical sampling: minibatches of 2 images x 64 RoIs (25% foreground at IoU >= 0.5, background in
   [0.1, 0.5), ground truth appended as proposals); the budget of the results protocol is then 27,200 steps of 2
   images (54,400 images; a probe on the shared 2-core machine, load ~9, ran 50 images/s, so about 18 minutes).
