@@ -10,6 +10,10 @@ to the output window. It is kept when the clipped box is at least `min_size` pix
 `min_visible` of the mapped box's area is still inside the window; otherwise it is dropped together with its
 label, crowd and difficult flags. Boxes that were degenerate (or NaN) to begin with are dropped by the same rule.
 `hflip` loses no pixel, so it moves boxes without applying the rule.
+
+Per-image proposals (`proposals [P, 4]` with `proposal_valid [P]`, see `jaxdet.proposals.source`) move like boxes
+but are never dropped: they are clipped to the output window, and one left with no area is marked invalid, so P
+stays fixed.
 """
 
 from __future__ import annotations
@@ -76,6 +80,17 @@ def transform_boxes(boxes: np.ndarray, *, source_hw: tuple[int, int], scale: tup
   return clipped, keep
 
 
+def move_proposals(example: Example, *, source_hw: tuple[int, int], scale: tuple[float, float],
+                   offset: tuple[float, float], window: tuple[float, float, float, float]) -> Example:
+  """Returns `example` with its `proposals` (if any) mapped and clipped to `window`; empty ones become invalid."""
+  if "proposals" not in example:
+    return example
+  boxes, _ = transform_boxes(example["proposals"], source_hw=source_hw, scale=scale, offset=offset, window=window)
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  valid = np.asarray(example["proposal_valid"], bool) & (area > 0)
+  return {**example, "proposals": np.where(valid[:, None], boxes, 0.0).astype(np.float32), "proposal_valid": valid}
+
+
 def select_boxes(example: Example, keep: np.ndarray) -> Example:
   """Returns `example` with only the boxes where `keep` (and their labels / crowd / difficult flags)."""
   out = dict(example)
@@ -126,6 +141,8 @@ def warp_example(example: Example, *, size: tuple[int, int], scale: tuple[float,
   boxes, keep = transform_boxes(example["boxes"], source_hw=image.shape[:2], scale=scale, offset=offset,
                                 window=(0.0, 0.0, float(w), float(h)), min_size=min_size, min_visible=min_visible)
   out = select_boxes({**example, "boxes": boxes}, keep)
+  out = move_proposals(out, source_hw=image.shape[:2], scale=scale, offset=offset,
+                       window=(0.0, 0.0, float(w), float(h)))
   out["image"] = canvas
   out["frame"] = compose_frame(example["frame"], scale=scale, offset=offset)
   return out
@@ -163,6 +180,9 @@ def hflip(example: Example) -> Example:
   out["image"] = np.ascontiguousarray(image[:, ::-1])
   out["boxes"] = map_boxes(example["boxes"].reshape(-1, 4), scale=(-1.0, 1.0), offset=(float(w), 0.0))
   out["frame"] = compose_frame(example["frame"], scale=(-1.0, 1.0), offset=(float(w), 0.0))
+  if "proposals" in example:
+    mapped = map_boxes(example["proposals"].reshape(-1, 4), scale=(-1.0, 1.0), offset=(float(w), 0.0))
+    out["proposals"] = np.where(example["proposal_valid"][:, None], mapped, 0.0).astype(np.float32)
   return out
 
 

@@ -65,7 +65,11 @@ def multiscale_size(step: int, *, seed: int, sizes: Sequence[int] = DEFAULT_MULT
 
 
 def collate(examples: Sequence[Example], *, max_boxes: int) -> Batch:
-  """Returns the batch of `examples` (same image size): stacked, boxes padded to `max_boxes` with `valid`."""
+  """Returns the batch of `examples` (same image size): stacked, boxes padded to `max_boxes` with `valid`.
+
+  Examples with `proposals [P, 4]` / `proposal_valid [P]` add `proposals [B, P, 4]` and `proposal_valid [B, P]`
+  (P the largest of the batch, padded with zeros and False; examples without them, the eval padding, get none).
+  """
   n = len(examples)
   boxes = np.zeros((n, max_boxes, 4), np.float32)
   labels = np.zeros((n, max_boxes), np.int32)
@@ -82,7 +86,7 @@ def collate(examples: Sequence[Example], *, max_boxes: int) -> Batch:
     difficult[i, :m] = ex["difficult"][:m]
     valid[i, :m] = True
     truncated[i] = k - m
-  return {
+  batch = {
       "image": np.stack([ex["image"] for ex in examples]),
       "boxes": boxes, "labels": labels, "crowd": crowd, "difficult": difficult, "valid": valid,
       "image_id": np.array([ex["image_id"] for ex in examples], np.int64),
@@ -91,6 +95,17 @@ def collate(examples: Sequence[Example], *, max_boxes: int) -> Batch:
       "example_valid": np.array([ex["example_valid"] for ex in examples], bool),
       "num_truncated": truncated,
   }
+  with_proposals = [ex for ex in examples if "proposals" in ex]
+  if with_proposals:  # fixed P per image (ProposalSource); eval padding examples have none: zeros, invalid
+    p = max(ex["proposals"].shape[0] for ex in with_proposals)
+    batch["proposals"] = np.zeros((n, p, 4), np.float32)
+    batch["proposal_valid"] = np.zeros((n, p), bool)
+    for i, ex in enumerate(examples):
+      if "proposals" in ex:
+        k = ex["proposals"].shape[0]
+        batch["proposals"][i, :k] = ex["proposals"]
+        batch["proposal_valid"][i, :k] = ex["proposal_valid"]
+  return batch
 
 
 def padding_example(size: tuple[int, int]) -> Example:

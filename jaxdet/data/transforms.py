@@ -54,6 +54,8 @@ def train_transform(example: Example, size: int | Sequence[int], *, rng: np.rand
   cheaper than flipping the larger network input.
   """
   a = augment
+  if mosaic_with is not None and "proposals" in example:
+    raise ValueError("Mosaic does not carry per-image proposals; set mosaic_prob=0 for detectors on proposals")
   if mosaic_with is not None:
     tiles = [random_flip(ex, rng=rng, prob=a.flip_prob) for ex in (example, *mosaic_with)]
     example = mosaic(tiles, size, rng=rng, center_range=a.mosaic_center, scale_range=a.scale_range, fill=a.fill,

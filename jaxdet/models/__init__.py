@@ -6,11 +6,15 @@ from typing import Any, Callable
 
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
+from jaxdet.models.detectors.fast_rcnn import build_fast_rcnn
 from jaxdet.models.detectors.faster_rcnn import build_faster_rcnn
+from jaxdet.models.detectors.rcnn import build_rcnn
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
     "faster_rcnn": build_faster_rcnn,
+    "fast_rcnn": build_fast_rcnn,
+    "rcnn": build_rcnn,
 }
 
 

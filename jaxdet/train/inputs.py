@@ -13,7 +13,8 @@ from jaxdet.data.transforms import Augment
 
 
 def build_source(config: Any, split: str) -> DetectionSource:
-  """Returns the `DetectionSource` of `split` for `config.data`.
+  """Returns the `DetectionSource` of `split` for `config.data`, with cached proposals when
+  `config.data.proposals.num` > 0 (`jaxdet.proposals.source.with_proposals`: computed on first use).
 
   `config.data.name`:
     "shapes": the embedded synthetic set (`config.data.shapes_config`, `config.data.data_dir`).
@@ -22,7 +23,15 @@ def build_source(config: Any, split: str) -> DetectionSource:
     "voc": a VOCdevkit year folder `config.data.root` (`Annotations/`, `ImageSets/Main/<split>.txt`, `JPEGImages/`).
     "tfds": a prepared tfds data set `config.data.tfds_name` (e.g. "coco/2017", "voc/2007").
   """
-  data = config.data
+  source = _build_source(config.data, split)
+  proposals = config.data.get("proposals")
+  if proposals is not None and proposals.get("num", 0) > 0:
+    from jaxdet.proposals.source import with_proposals  # pylint: disable=g-import-not-at-top
+    source = with_proposals(source, config.data, split, show_progress=jax.process_index() == 0)
+  return source
+
+
+def _build_source(data: Any, split: str) -> DetectionSource:
   name = data.name
   if name == "shapes":
     from jaxdet.data.shapes import ShapesSource  # pylint: disable=g-import-not-at-top

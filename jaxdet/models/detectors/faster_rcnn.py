@@ -31,17 +31,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.backbones.resnet import ResNet
-from jaxdet.models.backbones.vgg import VGG
+from jaxdet.models.backbones.stride16 import stride16_features
 from jaxdet.models.detector import Detector
-from jaxdet.models.heads.roi_box import ResNetC5Head, TwoFCHead, decode_detections, roi_box_loss, sample_rois
+from jaxdet.models.heads.roi_box import (ResNetC5Head, TwoFCHead, decode_detections, pool_rois, roi_head_loss,
+                                         sample_roi_batch)
 from jaxdet.models.heads.rpn import RPNHead, objectness_score, rpn_loss, rpn_targets, sample_anchors
 from jaxdet.models.necks.fpn import FPN
 from jaxdet.ops.anchors import multilevel_anchors
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 from jaxdet.ops.proposals import generate_proposals
-from jaxdet.ops.roi_align import roi_align
 from jaxdet.ops.roi_levels import multilevel_roi_align
-from jaxdet.ops.roi_pool import roi_pool
 
 STAGES = ("joint", "rpn", "rcnn")
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2-P6; RoIs are pooled from P2-P5
@@ -113,17 +112,13 @@ class FasterRCNN(nn.Module):
 
   def _features(self, x, *, train: bool, prefix: str = "") -> list[jax.Array]:
     """The maps the RPN and the RoI head read: [C4] / [conv5_3], or FPN's [P2, ..., P6]."""
-    if self.backbone == "vgg":
-      if self.fpn:
-        raise ValueError("the FPN variant is built on ResNet (backbone='resnet')")
-      return VGG(width=self.width, batch_norm=self.batch_norm, dtype=self.dtype, name=f"{prefix}backbone")(
-          x, train=train)[4:]
-    if self.backbone != "resnet":
-      raise ValueError(f"backbone must be resnet or vgg, got {self.backbone!r}")
-    stages = ResNet(depth=self.depth, width=self.width, num_stages=4 if self.fpn else 3, dtype=self.dtype,
-                    name=f"{prefix}backbone")(x, train=train)
     if not self.fpn:
-      return stages[-1:]
+      return [stride16_features(x, backbone=self.backbone, depth=self.depth, width=self.width,
+                                batch_norm=self.batch_norm, dtype=self.dtype, train=train, name=f"{prefix}backbone")]
+    if self.backbone != "resnet":
+      raise ValueError(f"the FPN variant is built on ResNet (backbone='resnet'), got {self.backbone!r}")
+    stages = ResNet(depth=self.depth, width=self.width, num_stages=4, dtype=self.dtype, name=f"{prefix}backbone")(
+        x, train=train)
     return FPN(features=self.fpn_features, min_level=2, max_level=6, extra="maxpool", dtype=self.dtype,
                name=f"{prefix}neck")(stages)
 
@@ -133,20 +128,15 @@ class FasterRCNN(nn.Module):
     RoI Align runs in its "rows" formulation: many RoIs on small maps, where its gradient is several times
     cheaper than the tap formulation's (see `jaxdet.ops.roi_align_rows`).
     """
-    b, s, _ = rois.shape
     size = 2 * self.pool_size if self.head == "c5" else self.pool_size
+    if not self.fpn:
+      return pool_rois(maps[0], rois, valid, pooler=self.pooler, output_size=size, spatial_scale=1 / 16,
+                       sampling_ratio=self.sampling_ratio)
+    b, s, _ = rois.shape
     index = jnp.where(valid, jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(-1)  # -1 pools zeros
-    boxes = rois.reshape(b * s, 4)
-    if self.fpn:
-      return multilevel_roi_align(maps[:4], boxes, index, output_size=size, strides=FPN_STRIDES[:4],
-                                  sampling_ratio=self.sampling_ratio, aligned=True,
-                                  canonical_size=self.canonical_size, method="rows")
-    if self.pooler == "align":
-      return roi_align(maps[0], boxes, index, output_size=size, spatial_scale=1 / 16,
-                       sampling_ratio=self.sampling_ratio, aligned=True, method="rows")
-    if self.pooler == "pool":
-      return roi_pool(maps[0], boxes, index, output_size=size, spatial_scale=1 / 16)
-    raise ValueError(f"pooler must be align or pool, got {self.pooler!r}")
+    return multilevel_roi_align(maps[:4], rois.reshape(b * s, 4), index, output_size=size, strides=FPN_STRIDES[:4],
+                                sampling_ratio=self.sampling_ratio, aligned=True, canonical_size=self.canonical_size,
+                                method="rows")
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, targets: Any = None):
@@ -191,12 +181,9 @@ class FasterRCNN(nn.Module):
     out["rpn_sampled"] = sample_anchors(targets["rpn_labels"], key=rpn_key, num_samples=self.rpn_batch_size)
     if self.stage == "rpn":
       return out
-    roi_keys = jax.vmap(lambda i: jax.random.fold_in(roi_key, i))(jnp.arange(images.shape[0]))
-    sampled = jax.vmap(lambda p, v, gb, gl, gv, gc, k: sample_rois(
-        p, v, gb, gl, gv, gc, key=k, num_samples=self.roi_batch_size, positive_fraction=self.roi_positive_fraction,
-        bg_low_threshold=self.roi_bg_low_threshold))(
-            proposals, proposal_valid, targets["boxes"], targets["labels"], targets["valid"], targets["crowd"],
-            roi_keys)
+    sampled = sample_roi_batch(proposals, proposal_valid, targets, key=roi_key, num_samples=self.roi_batch_size,
+                               positive_fraction=self.roi_positive_fraction,
+                               bg_low_threshold=self.roi_bg_low_threshold)
     logits, box_deltas = head(self._pool(maps, sampled["rois"], sampled["valid"]), train=True)
     b, s = sampled["valid"].shape
     return out | {"roi_targets": sampled, "roi_logits": logits.reshape(b, s, -1),
@@ -220,13 +207,10 @@ def faster_rcnn_loss(outputs: dict[str, Any], targets: dict[str, jax.Array], *, 
     if stage in ("joint", "rpn"):
       loss += rpn_cls + rpn_reg
   if "roi_targets" in outputs:
-    t = outputs["roi_targets"]
-    cls, reg = roi_box_loss(outputs["roi_logits"], outputs["roi_deltas"], t["labels"], t["deltas"], t["valid"],
-                            beta=roi_beta)
-    metrics |= {"roi_cls_loss": cls, "roi_box_loss": reg,
-                "roi_foreground": jnp.sum(t["valid"] & (t["labels"] > 0)).astype(jnp.float32)}
+    roi_loss, roi_metrics = roi_head_loss(outputs, beta=roi_beta)
+    metrics |= roi_metrics
     if stage in ("joint", "rcnn"):
-      loss += cls + reg
+      loss += roi_loss
   metrics["loss"] = loss
   return loss, metrics
 

@@ -7,7 +7,9 @@ background (IoU in [0.1, 0.5), label 0; below 0.1 the RoI is left out, the cours
 torchvision use [0, 0.5)). Each RoI is pooled to a fixed grid and scored over C + 1 classes (softmax), and
 regresses class-specific deltas encoded with weights (10, 10, 5, 5) (the reference code's target normalisation).
 Loss (eq. 1): cross-entropy over the sampled RoIs + smooth L1 (beta = 1) on the foreground RoIs' deltas of their
-own class, both divided by the number of sampled RoIs.
+own class, both divided by the number of sampled RoIs. At test time the two FC layers can run factored by a
+truncated SVD (Fast R-CNN sec. 3.1: W ~ U_t S_t V_t^T, one layer becomes two with t units between them;
+`truncate_fc_svd` turns trained parameters into the factored ones, `TwoFCHead(svd_ranks=...)` runs them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdet.models.backbones.resnet import BasicBlock
 from jaxdet.models.detector import Detections
@@ -25,6 +28,8 @@ from jaxdet.ops.boxes import is_valid_box
 from jaxdet.ops.coders import decode_boxes, encode_boxes
 from jaxdet.ops.losses import smooth_l1_loss, softmax_cross_entropy
 from jaxdet.ops.matching import FOREGROUND, match_boxes
+from jaxdet.ops.roi_align import roi_align
+from jaxdet.ops.roi_pool import roi_pool
 from jaxdet.ops.sampling import sample_balanced
 
 ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -68,27 +73,91 @@ def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
           "iou": jnp.where(valid, match.max_iou[index], 0.0), "matched": matched}
 
 
+def sample_roi_batch(proposals: jax.Array, proposal_valid: jax.Array, targets: dict[str, jax.Array], *,
+                     key: jax.Array, num_samples: int = 128, positive_fraction: float = 0.25,
+                     bg_low_threshold: float = 0.1) -> dict[str, jax.Array]:
+  """Returns `sample_rois`'s dict with a batch axis (`[B, S, ...]`): each image's RoI minibatch, its own key.
+
+  `proposals [B, P, 4]`, `proposal_valid [B, P]`; `targets` holds the padded ground truth `boxes [B, M, 4]`,
+  `labels`, `valid`, `crowd` `[B, M]`; image b draws with `fold_in(key, b)`.
+  """
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(proposals.shape[0]))
+  return jax.vmap(lambda p, v, gb, gl, gv, gc, k: sample_rois(
+      p, v, gb, gl, gv, gc, key=k, num_samples=num_samples, positive_fraction=positive_fraction,
+      bg_low_threshold=bg_low_threshold))(proposals, proposal_valid, targets["boxes"], targets["labels"],
+                                          targets["valid"], targets["crowd"], keys)
+
+
+def pool_rois(feature_map: jax.Array, rois: jax.Array, valid: jax.Array, *, pooler: str, output_size: int,
+              spatial_scale: float, sampling_ratio: int = 2) -> jax.Array:
+  """Returns `[B * S, oh, ow, C]` features of the RoIs `rois [B, S, 4]` (xyxy image pixels) of each image, pooled
+  from one map `[B, H, W, C]` by RoI Pool ("pool", Fast R-CNN) or RoI Align ("align"); invalid RoIs pool zeros.
+
+  RoI Align runs in its "rows" formulation (fast gradients for many RoIs on small maps, `jaxdet.ops.roi_align`).
+  """
+  b, s, _ = rois.shape
+  index = jnp.where(valid, jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(-1)  # -1 pools zeros
+  boxes = rois.reshape(b * s, 4)
+  if pooler == "align":
+    return roi_align(feature_map, boxes, index, output_size=output_size, spatial_scale=spatial_scale,
+                     sampling_ratio=sampling_ratio, aligned=True, method="rows")
+  if pooler == "pool":
+    return roi_pool(feature_map, boxes, index, output_size=output_size, spatial_scale=spatial_scale)
+  raise ValueError(f"pooler must be align or pool, got {pooler!r}")
+
+
 class TwoFCHead(nn.Module):
   """Returns `(class_logits [R, C + 1], deltas [R, C, 4])` from pooled RoI features `[R, h, w, D]`.
 
   Fast R-CNN's head on VGG: flatten, two fully connected layers with ReLU (fc6, fc7; 4096 in the paper, optional
   dropout as VGG's), then the sibling classifier and class-specific box regressor (std 0.01 / 0.001 Gaussian init,
-  as the reference code).
+  as the reference code). With `svd_ranks = (t6, t7)` each of fc6 / fc7 is the factored pair `<name>_svd_s`
+  (t units, no bias: U_t S_t) then `<name>_svd_v` (V_t^T and the bias) that `truncate_fc_svd` makes from trained
+  parameters; a rank of 0 keeps that layer whole.
   """
 
   num_classes: int
   features: int = 1024
   dropout: float = 0.0
+  svd_ranks: Sequence[int] = ()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pooled: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
     x = pooled.reshape(pooled.shape[0], -1).astype(self.dtype)
-    for name in ("fc6", "fc7"):
-      x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name=name)(x))
+    ranks = tuple(self.svd_ranks) or (0, 0)
+    for name, rank in zip(("fc6", "fc7"), ranks):
+      if rank:
+        x = nn.Dense(rank, use_bias=False, dtype=self.dtype, name=f"{name}_svd_s")(x)
+        x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name=f"{name}_svd_v")(x))
+      else:
+        x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name=name)(x))
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return _predictors(x, self.num_classes, self.dtype)
+
+
+def truncate_fc_svd(head_params: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:
+  """Returns `TwoFCHead` parameters with fc6 / fc7 replaced by their rank-`ranks` truncated SVD factors.
+
+  A Dense kernel `W [u, v]` (y = x W + b) is factored W = U S V^T and truncated to the t largest singular values:
+  `<name>_svd_s` = U_t S_t `[u, t]`, `<name>_svd_v` = V_t^T `[t, v]` with the bias (Fast R-CNN sec. 3.1, which
+  writes W = U S V^T for the transposed layout). The error of one layer is at most |x| s_{t+1} for an input x.
+  Ranks of 0 leave a layer as it is. Computed in float64 on the host.
+  """
+  out = dict(head_params)
+  for name, rank in zip(("fc6", "fc7"), ranks):
+    if not rank:
+      continue
+    kernel = np.asarray(head_params[name]["kernel"], np.float64)
+    if not 0 < rank <= min(kernel.shape):
+      raise ValueError(f"SVD rank of {name} must be in [1, {min(kernel.shape)}], got {rank}")
+    u, s, vt = np.linalg.svd(kernel, full_matrices=False)
+    dtype = np.asarray(head_params[name]["kernel"]).dtype
+    out.pop(name)
+    out[f"{name}_svd_s"] = {"kernel": (u[:, :rank] * s[:rank]).astype(dtype)}
+    out[f"{name}_svd_v"] = {"kernel": vt[:rank].astype(dtype), "bias": np.asarray(head_params[name]["bias"])}
+  return out
 
 
 class ResNetC5Head(nn.Module):
@@ -134,6 +203,16 @@ def roi_box_loss(class_logits: jax.Array, deltas: jax.Array, labels: jax.Array, 
   own = jnp.take_along_axis(deltas, jnp.maximum(labels - 1, 0)[..., None, None], axis=-2)[..., 0, :]
   reg = jnp.sum(smooth_l1_loss(own - target_deltas, beta=beta), axis=-1)
   return classification, jnp.sum(jnp.where(foreground, reg, 0.0)) / num
+
+
+def roi_head_loss(outputs: dict[str, Any], *, beta: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Returns `(classification + regression, metrics)` of the RoI head from a training forward pass's outputs
+  (`roi_targets` from `sample_roi_batch`, `roi_logits [B, S, C + 1]`, `roi_deltas [B, S, C, 4]`)."""
+  t = outputs["roi_targets"]
+  cls, reg = roi_box_loss(outputs["roi_logits"], outputs["roi_deltas"], t["labels"], t["deltas"], t["valid"],
+                          beta=beta)
+  return cls + reg, {"roi_cls_loss": cls, "roi_box_loss": reg,
+                     "roi_foreground": jnp.sum(t["valid"] & (t["labels"] > 0)).astype(jnp.float32)}
 
 
 def decode_detections(rois: jax.Array, roi_valid: jax.Array, class_logits: jax.Array, deltas: jax.Array, *,

@@ -1,0 +1,1 @@
+"""Region proposals computed on the host (NumPy), cached per split: selective search."""
