@@ -73,6 +73,8 @@ class FasterRCNN(nn.Module):
   `proposal_valid [B, P]`. In training (with `targets` from `assign`): `rpn_sampled [B, N]` (the anchor minibatch)
   and, unless stage="rpn", `roi_targets` (`sample_rois`'s dict, `[B, S, ...]`), `roi_logits [B, S, C + 1]`,
   `roi_deltas [B, S, C, 4]`. In inference: `rois` (= the proposals), `roi_valid`, `roi_logits`, `roi_deltas`.
+  Subclasses change the box head (`_box_head`) or add RoI branches (`_extend`): IoU-Net (`detectors/iou_net.py`)
+  and KL-Loss (`detectors/kl_rcnn.py`).
   """
 
   num_classes: int
