@@ -7,10 +7,14 @@ from typing import Any, Callable
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
 from jaxdet.models.detectors.faster_rcnn import build_faster_rcnn
+from jaxdet.models.detectors.iou_net import build_faster_rcnn_iounet
+from jaxdet.models.detectors.kl_rcnn import build_faster_rcnn_kl
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
     "faster_rcnn": build_faster_rcnn,
+    "faster_rcnn_iounet": build_faster_rcnn_iounet,
+    "faster_rcnn_kl": build_faster_rcnn_kl,
 }
 
 
