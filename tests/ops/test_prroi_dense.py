@@ -14,7 +14,7 @@ import pytest
 from jaxdet.ops.prroi_dense import multilevel_prroi_pool, prroi_pool_image
 from jaxdet.ops.prroi_pool import prroi_pool
 from jaxdet.ops.roi_levels import fpn_levels
-from tests.ops.test_prroi_pool import features_and_rois
+from tests.ops.test_prroi_pool import features_and_rois, numpy_prroi_pool
 
 
 @functools.partial(jax.jit, static_argnames=("output_size", "spatial_scale", "dense"))
@@ -50,12 +50,13 @@ def test_degenerate_and_masked_boxes_give_zeros_and_zero_gradients(bad):
   boxes[2] = [20.0, 20.0, 12.0, 10.0]  # inverted
   valid = np.ones(len(boxes), bool)
   valid[3] = False
-  fn = lambda f, b: jnp.sum(prroi_pool_image(f, b, output_size=3, spatial_scale=0.25, valid=valid) ** 2)  # noqa
-  out = prroi_pool_image(features[0], boxes, output_size=3, spatial_scale=0.25, valid=valid)
-  d_features, d_boxes = jax.grad(fn, argnums=(0, 1))(features[0], boxes)
+  pool = lambda f, b: prroi_pool_image(f, b, output_size=3, spatial_scale=0.25, valid=valid)  # noqa: E731
+  out, (d_features, d_boxes) = jax.jit(lambda f, b: (pool(f, b), jax.grad(
+      lambda f, b: jnp.sum(pool(f, b) ** 2), argnums=(0, 1))(f, b)))(features[0], boxes)
   np.testing.assert_array_equal(out[:4], 0.0)
-  np.testing.assert_allclose(out[4:], prroi_pool(features[:1], boxes[4:], np.zeros(len(boxes) - 4, np.int32),
-                                                 output_size=3, spatial_scale=0.25), rtol=2e-4, atol=2e-4)
+  want, _ = numpy_prroi_pool(features[:1], boxes[4:], np.zeros(len(boxes) - 4, int), output_size=(3, 3),
+                             spatial_scale=0.25)
+  np.testing.assert_allclose(out[4:], want, rtol=2e-4, atol=2e-4)
   np.testing.assert_array_equal(d_boxes[:4], 0.0)
   assert np.all(np.isfinite(d_features)) and np.all(np.isfinite(d_boxes))
 
@@ -70,16 +71,26 @@ def test_multilevel_pools_each_box_on_its_own_level():
   boxes[:3] = [[0, 4, 120, 128], [10, 0, 128, 118], [-20, -10, 110, 100]]  # level 5: sqrt(wh) >= 112
   levels = np.asarray(fpn_levels(boxes, canonical_size=56, min_level=2, max_level=5))
   assert set(levels) == {2, 3, 4, 5}  # the case covers every level
-  fn = lambda m, b: multilevel_prroi_pool(m, b, output_size=5, strides=strides, canonical_size=56)  # noqa: E731
-  got, vjp = jax.vjp(fn, maps, boxes)
-  cotangent = rng.normal(size=got.shape).astype(np.float32)
-  d_maps, d_boxes = vjp(cotangent)
+  cotangent = rng.normal(size=(40, 5, 5, 4)).astype(np.float32)
+
+  @jax.jit
+  def pool_and_vjp(maps, boxes):
+    out, vjp = jax.vjp(lambda m, b: multilevel_prroi_pool(m, b, output_size=5, strides=strides, canonical_size=56),
+                       maps, boxes)
+    return (out,) + vjp(cotangent)
+
+  got, d_maps, d_boxes = pool_and_vjp(maps, boxes)
   for level, stride, image, d_image in zip(range(2, 6), strides, maps, d_maps):
     mine = levels == level
-    run = lambda f, b: prroi_pool(f[None], b, np.zeros(len(b), np.int32), output_size=5,  # noqa: E731
-                                  spatial_scale=1 / stride)
-    want, run_vjp = jax.vjp(run, image, boxes[mine])
-    want_image, want_boxes = run_vjp(cotangent[mine])
+    # Values and the feature gradient: the closed form (float64) on the box's own level only.
+    want, operators = numpy_prroi_pool(image[None], boxes[mine], np.zeros(mine.sum(), int), output_size=(5, 5),
+                                       spatial_scale=1 / stride)
     np.testing.assert_allclose(got[mine], want, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(d_image, want_image, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(d_boxes[mine], want_boxes, rtol=2e-4, atol=2e-4)
+    grad = sum(np.einsum("pi,qj,pqc->ijc", wy, wx, g / area[..., None])
+               for (wy, wx, area), g in zip(operators, cotangent[mine]))
+    np.testing.assert_allclose(d_image, grad, rtol=2e-4, atol=2e-4)
+  # The box gradient: the single-level op's (checked against `prroi_pool` above) on each box's level.
+  for level, stride, image in zip(range(2, 6), strides, maps):
+    mine = levels == level
+    _, vjp = jax.vjp(lambda b: prroi_pool_image(image, b, output_size=5, spatial_scale=1 / stride), boxes)
+    np.testing.assert_allclose(d_boxes[mine], vjp(cotangent)[0][mine], rtol=2e-4, atol=2e-4)

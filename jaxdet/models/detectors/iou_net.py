@@ -90,14 +90,13 @@ class IoUNetRCNN(FasterRCNN):
     select = lambda c, loc: select_per_class(  # noqa: E731
         c, num_classes=self.num_classes, method="iou_guided" if self.iou_nms else "nms",
         iou_threshold=self.nms_threshold, max_outputs=self.max_detections, localization=loc)
-    if self.iou_nms:
-      localization = self._predict_iou(head, maps, cand.boxes, cand.classes, cand.valid)
-      keep, det_scores, det_valid = jax.vmap(select)(cand, localization)
-    else:
-      keep, det_scores, det_valid = jax.vmap(lambda c: select(c, None))(cand)
+    # IoU-guided NMS needs every candidate's predicted IoU; standard NMS only the kept boxes'.
+    localization = self._predict_iou(head, maps, cand.boxes, cand.classes, cand.valid) if self.iou_nms else None
+    keep, det_scores, det_valid = jax.vmap(select)(cand, localization)
     take = lambda x: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa: E731
     det_boxes, det_classes = take(cand.boxes), take(cand.classes)
-    det_iou = self._predict_iou(head, maps, det_boxes, det_classes, det_valid)
+    det_iou = (take(localization) if self.iou_nms else
+               self._predict_iou(head, maps, det_boxes, det_classes, det_valid))
     if self.refine and not self.is_initializing():
       params = head.variables["params"]
       pure_head = lambda pooled: head.clone(parent=None).apply({"params": params}, pooled)  # noqa: E731
