@@ -63,9 +63,9 @@ def main(argv):
     forward = jax.jit(fn)
     features = jax.jit(lambda m, x: jax.vjp(lambda mm: fn(mm, x), m)[1](cotangent))
     both = jax.jit(lambda m, x: jax.vjp(fn, m, x)[1](cotangent))
-    print(f"{name}: forward {best_time(forward, maps, boxes) * 1e3:.0f} ms, forward + backward (features) "
-          f"{best_time(features, maps, boxes) * 1e3:.0f} ms, (features + boxes) {best_time(both, maps, boxes) * 1e3:.0f}"
-          " ms")
+    times = [best_time(f, maps, boxes) * 1e3 for f in (forward, features, both)]
+    print(f"{name}: forward {times[0]:.0f} ms, forward + backward (features) {times[1]:.0f} ms, "
+          f"(features + boxes) {times[2]:.0f} ms")
   np.testing.assert_allclose(jax.jit(run_formulation)(maps, boxes), jax.jit(dense_formulation)(maps, boxes),
                              rtol=1e-4, atol=1e-4)
 

@@ -17,7 +17,7 @@ from jaxdet.models.heads.iou_net import jitter_boxes, refine_boxes
 from jaxdet.models.heads.roi_box import decode_detections
 from jaxdet.ops.iou import elementwise_iou
 from jaxdet.train.optim import make_optimizer
-from jaxdet.train.state import create_train_state, predict_step, train_step
+from jaxdet.train.state import create_train_state, train_step
 from tests.models.test_faster_rcnn import TINY_FPN, iou_np, optim
 from tests.train.conftest import painted_batch
 
@@ -36,7 +36,8 @@ def test_jittered_boxes_are_uniform_over_iou_above_half_with_their_true_iou():
   out = jax.tree.map(np.asarray, jitter_many(jax.random.split(jax.random.PRNGKey(0), 60), VALID))
   valid = out["valid"].reshape(-1)
   assert valid.mean() > 0.98
-  boxes, iou, labels = out["boxes"].reshape(-1, 4)[valid], out["iou"].reshape(-1)[valid], out["labels"].reshape(-1)[valid]
+  boxes, iou, labels = out["boxes"].reshape(-1, 4)[valid], out["iou"].reshape(-1)[valid], out["labels"].reshape(-1)[
+      valid]
   # The target is the IoU with the best-overlapping usable ground truth of the box's class (crowd 3 is not usable).
   usable = VALID & ~CROWD
   ious = iou_np(boxes, GT[usable])

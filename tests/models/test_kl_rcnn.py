@@ -13,7 +13,7 @@ import pytest
 
 from jaxdet.models import build_detector
 from jaxdet.models.detectors.kl_rcnn import corner_targets, kl_rcnn_loss
-from jaxdet.models.heads.kl_box import CORNER_WEIGHTS, decode_kl_detections, kl_box_loss
+from jaxdet.models.heads.kl_box import decode_kl_detections, kl_box_loss
 from jaxdet.train.optim import make_optimizer
 from jaxdet.train.state import create_train_state, predict_step, train_step
 from tests.models.test_faster_rcnn import TINY_FPN, optim
