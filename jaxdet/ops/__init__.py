@@ -9,8 +9,9 @@ from jaxdet.ops.anchors import (SSD300_ASPECT_RATIOS, SSD300_FEATURE_SIZES, YOLO
                                 multilevel_anchors, retinanet_anchors, ssd_priors, ssd_scales, yolo_anchors)
 from jaxdet.ops.boxes import (box_area, clip_boxes, cxcywh_to_xyxy, flip_boxes, is_valid_box, scale_boxes,
                               xywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh)
-from jaxdet.ops.coders import (decode_boxes, decode_centernet, decode_ltrb, decode_yolo, decode_yolov1,
-                               encode_boxes, encode_centernet, encode_ltrb, encode_yolo, encode_yolov1)
+from jaxdet.ops.coders import (decode_boxes, decode_centernet, decode_corners, decode_ltrb, decode_yolo,
+                               decode_yolov1, encode_boxes, encode_centernet, encode_corners, encode_ltrb, encode_yolo,
+                               encode_yolov1)
 from jaxdet.ops.heatmaps import gaussian_radius, splat_gaussians
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 from jaxdet.ops.iou import elementwise_iou, iou_valid_box, pairwise_iou
@@ -29,4 +30,5 @@ from jaxdet.ops.peaks import heatmap_peaks, local_maxima
 from jaxdet.ops.roi_align import roi_align
 from jaxdet.ops.roi_pool import roi_pool
 from jaxdet.ops.prroi_pool import prroi_pool
+from jaxdet.ops.prroi_dense import multilevel_prroi_pool, prroi_pool_image
 from jaxdet.ops.roi_levels import fpn_levels, multilevel_roi_align

@@ -6,6 +6,7 @@ inverted, NaN or inf) — it is padding or noise that the caller's `valid` mask 
 network outputs and any anchor or location (a non-finite anchor decodes as the empty box at the origin).
 
 - Faster R-CNN (R-CNN appendix C; torchvision `BoxCoder`): `encode_boxes` / `decode_boxes`.
+- KL-Loss (He et al. 2019): each corner's offset from the anchor's, over the anchor's size: `encode_corners`.
 - YOLOv1 (Redmon et al. 2016): cell-relative centre, square-rooted size relative to the image.
 - YOLOv2/v3 (Redmon & Farhadi 2017/2018): sigmoid offset inside the cell, anchor x exp(scale).
 - FCOS (Tian et al. 2019): distances (l, t, r, b) from a location to the box sides, optionally / stride.
@@ -90,6 +91,40 @@ def decode_boxes(deltas: jax.Array, anchors: jax.Array, *,
   w = jnp.exp(dw) * a[..., 2]
   h = jnp.exp(dh) * a[..., 3]
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def encode_corners(boxes: jax.Array, anchors: jax.Array, *,
+                   weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> jax.Array:
+  """Returns `[..., 4]` corner regression targets `(t_x1, t_y1, t_x2, t_y2)` of `boxes` relative to `anchors`.
+
+  t_x1 = w1 (x1 - x1a) / wa, t_y1 = w2 (y1 - y1a) / ha, t_x2 = w3 (x2 - x2a) / wa, t_y2 = w4 (y2 - y2a) / ha: the
+  parametrisation of "Bounding Box Regression with Uncertainty" (He et al. 2019, eq. 1), where each target moves
+  one box side, so that a variance per target is a variance per side (variance voting needs that). Degenerate
+  boxes or anchors give 0 with a zero gradient.
+
+  Args:
+    boxes: `[..., 4]` xyxy pixels. anchors: `[..., 4]` xyxy pixels, broadcastable with `boxes`.
+    weights: `(w1, w2, w3, w4)` scale of each target (the deltas' unit is anchor size / weight).
+  """
+  boxes, anchors = jnp.broadcast_arrays(_f32(boxes), _f32(anchors))
+  valid = (is_valid_box(boxes) & is_valid_box(anchors))[..., None]
+  b = jnp.where(valid, boxes, _UNIT_BOX)
+  a = jnp.where(valid, anchors, _UNIT_BOX)
+  size = jnp.concatenate([a[..., 2:] - a[..., :2]] * 2, axis=-1)
+  return jnp.where(valid, _f32(weights) * (b - a) / size, 0.0)
+
+
+def decode_corners(deltas: jax.Array, anchors: jax.Array, *,
+                   weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> jax.Array:
+  """Returns `[..., 4]` xyxy boxes from corner deltas `(t_x1, t_y1, t_x2, t_y2)` (the inverse of `encode_corners`).
+
+  Linear in the deltas (no exp, no clamp); a non-finite anchor decodes from the empty box at the origin, so the
+  output is finite for finite deltas. A coordinate's variance in pixels is the delta's times (size / weight)^2.
+  """
+  anchors = _f32(anchors)
+  a = jnp.where(jnp.all(jnp.isfinite(anchors), axis=-1, keepdims=True), anchors, 0.0)
+  size = jnp.concatenate([a[..., 2:] - a[..., :2]] * 2, axis=-1)
+  return a + _f32(deltas) * size / _f32(weights)
 
 
 def encode_yolov1(boxes: jax.Array, *, grid_size: tuple[int, int],

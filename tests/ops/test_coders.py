@@ -251,3 +251,18 @@ class CodersVariantsTest(chex.TestCase):
     for k in range(2):
       np.testing.assert_allclose(out["deltas"][k], numpy_encode(boxes[k], anchors[k], (10, 10, 5, 5)), rtol=1e-4,
                                  atol=1e-4)
+
+
+def test_corner_coder_is_the_kl_loss_parametrisation_and_round_trips():
+  rng = np.random.default_rng(8)
+  gt, an = random_boxes(rng, 40), random_boxes(rng, 40)
+  w = (10.0, 10.0, 10.0, 10.0)
+  aw, ah = an[:, 2] - an[:, 0], an[:, 3] - an[:, 1]
+  want = 10 * (gt - an) / np.stack([aw, ah, aw, ah], 1)  # He et al. 2019, eq. 1, each side over the anchor's size
+  np.testing.assert_allclose(C.encode_corners(gt, an, weights=w), want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(C.decode_corners(C.encode_corners(gt, an, weights=w), an, weights=w), gt, rtol=1e-5,
+                             atol=1e-3)
+  np.testing.assert_array_equal(C.encode_corners(DEGENERATE, jnp.broadcast_to(an[0], DEGENERATE.shape)), 0)
+  grad = jax.grad(lambda b: jnp.sum(C.encode_corners(b, jnp.broadcast_to(an[0], b.shape))))(DEGENERATE)
+  np.testing.assert_array_equal(grad, 0)
+  assert np.all(np.isfinite(C.decode_corners(jnp.ones((5, 4)), DEGENERATE)))

@@ -72,6 +72,8 @@ class FasterRCNN(nn.Module):
   `proposal_valid [B, P]`. In training (with `targets` from `assign`): `rpn_sampled [B, N]` (the anchor minibatch)
   and, unless stage="rpn", `roi_targets` (`sample_rois`'s dict, `[B, S, ...]`), `roi_logits [B, S, C + 1]`,
   `roi_deltas [B, S, C, 4]`. In inference: `rois` (= the proposals), `roi_valid`, `roi_logits`, `roi_deltas`.
+  Subclasses change the box head (`_box_head`) or add RoI branches (`_extend`): IoU-Net (`detectors/iou_net.py`)
+  and KL-Loss (`detectors/kl_rcnn.py`).
   """
 
   num_classes: int
@@ -164,15 +166,11 @@ class FasterRCNN(nn.Module):
     out = {"rpn_objectness": objectness, "rpn_deltas": deltas, "proposals": proposals,
            "proposal_scores": proposal_scores, "proposal_valid": proposal_valid}
 
-    head = (ResNetC5Head(self.num_classes, features=self.width * 8, dtype=self.dtype, name="roi_head")
-            if self.head == "c5" else
-            TwoFCHead(self.num_classes, features=self.head_features, dropout=self.head_dropout, dtype=self.dtype,
-                      name="roi_head"))
+    head = self._box_head()
     if not train:
-      logits, box_deltas = head(self._pool(maps, proposals, proposal_valid), train=False)
-      b, p = proposals.shape[:2]
-      return out | {"rois": proposals, "roi_valid": proposal_valid, "roi_logits": logits.reshape(b, p, -1),
-                    "roi_deltas": box_deltas.reshape(b, p, self.num_classes, 4)}
+      out |= {"rois": proposals, "roi_valid": proposal_valid}
+      out |= self._roi_outputs(head(self._pool(maps, proposals, proposal_valid), train=False), proposals.shape[:2])
+      return self._extend(maps, out, train=False, targets=None, image_shape=image_shape)
 
     if targets is None:
       raise ValueError("Faster R-CNN's training forward pass needs the targets of `assign` (targets=...)")
@@ -184,10 +182,32 @@ class FasterRCNN(nn.Module):
     sampled = sample_roi_batch(proposals, proposal_valid, targets, key=roi_key, num_samples=self.roi_batch_size,
                                positive_fraction=self.roi_positive_fraction,
                                bg_low_threshold=self.roi_bg_low_threshold)
-    logits, box_deltas = head(self._pool(maps, sampled["rois"], sampled["valid"]), train=True)
-    b, s = sampled["valid"].shape
-    return out | {"roi_targets": sampled, "roi_logits": logits.reshape(b, s, -1),
-                  "roi_deltas": box_deltas.reshape(b, s, self.num_classes, 4)}
+    out["roi_targets"] = sampled
+    out |= self._roi_outputs(head(self._pool(maps, sampled["rois"], sampled["valid"]), train=True),
+                             sampled["valid"].shape)
+    return self._extend(maps, out, train=True, targets=targets, image_shape=image_shape)
+
+  def _box_head(self) -> nn.Module:
+    """The RoI box head: two FC layers, or ResNet's C5 stage (`head`)."""
+    if self.head == "c5":
+      return ResNetC5Head(self.num_classes, features=self.width * 8, dtype=self.dtype, name="roi_head")
+    return TwoFCHead(self.num_classes, features=self.head_features, dropout=self.head_dropout, dtype=self.dtype,
+                     name="roi_head")
+
+  def _roi_outputs(self, head_outputs: tuple[jax.Array, ...], batch_shape: tuple[int, int]) -> dict[str, jax.Array]:
+    """Names the head's `[B * S, ...]` outputs as `[B, S, ...]` outputs: `roi_logits`, `roi_deltas` and, from a
+    head that predicts them, `roi_log_variance` (KL-Loss)."""
+    names = ("roi_logits", "roi_deltas", "roi_log_variance")
+    return {name: x.reshape(*batch_shape, *x.shape[1:]) for name, x in zip(names, head_outputs)}
+
+  def _extend(self, maps: list[jax.Array], out: dict[str, Any], *, train: bool, targets: Any,
+              image_shape: tuple[int, int]) -> dict[str, Any]:
+    """Returns `out` with the outputs of further RoI branches (none here; IoU-Net's IoU branch overrides this).
+
+    Called with the feature maps after the box head, in training (unless stage="rpn") and inference.
+    """
+    del maps, train, targets, image_shape
+    return out
 
 
 def faster_rcnn_loss(outputs: dict[str, Any], targets: dict[str, jax.Array], *, stage: str = "joint",
@@ -215,17 +235,10 @@ def faster_rcnn_loss(outputs: dict[str, Any], targets: dict[str, jax.Array], *, 
   return loss, metrics
 
 
-def build_faster_rcnn(*, num_classes: int, score_threshold: float = 0.05, nms_threshold: float = 0.5,
-                      max_detections: int = 100, rpn_allowed_border: float = 0.0, **options: Any) -> Detector:
-  """Returns the Faster R-CNN `Detector`; `options` are `FasterRCNN`'s attributes (backbone, fpn, anchors, ...).
-
-  `assign` labels every anchor for the RPN (`rpn_targets`: 0.7 / 0.3, best anchors, border ignore) and passes the
-  padded ground truth on for RoI sampling inside the forward pass; `postprocess` decodes each RoI per class and
-  keeps scores > `score_threshold` through class-aware NMS at `nms_threshold`, `max_detections` per image.
-  """
-  if "dtype" in options:
-    options["dtype"] = jnp.dtype(options["dtype"])
-  module = FasterRCNN(num_classes=num_classes, **options)
+def make_assign(module: FasterRCNN, *, rpn_allowed_border: float = 0.0):
+  """Returns `assign(batch) -> targets` of a Faster R-CNN module (or a subclass): the RPN's anchor labels and
+  deltas (`rpn_targets`: 0.7 / 0.3, best anchors, border ignore) and the padded ground truth, passed on for RoI
+  sampling inside the forward pass."""
 
   def assign(batch):
     image_shape = tuple(batch["image"].shape[1:3])
@@ -237,6 +250,22 @@ def build_faster_rcnn(*, num_classes: int, score_threshold: float = 0.05, nms_th
         batch["boxes"], batch["valid"], batch["crowd"])
     return {"rpn_labels": rpn["labels"], "rpn_deltas": rpn["deltas"], "boxes": batch["boxes"],
             "labels": batch["labels"], "valid": batch["valid"], "crowd": batch["crowd"]}
+
+  return assign
+
+
+def build_faster_rcnn(*, num_classes: int, score_threshold: float = 0.05, nms_threshold: float = 0.5,
+                      max_detections: int = 100, rpn_allowed_border: float = 0.0, **options: Any) -> Detector:
+  """Returns the Faster R-CNN `Detector`; `options` are `FasterRCNN`'s attributes (backbone, fpn, anchors, ...).
+
+  `assign` labels every anchor for the RPN (`rpn_targets`: 0.7 / 0.3, best anchors, border ignore) and passes the
+  padded ground truth on for RoI sampling inside the forward pass; `postprocess` decodes each RoI per class and
+  keeps scores > `score_threshold` through class-aware NMS at `nms_threshold`, `max_detections` per image.
+  """
+  if "dtype" in options:
+    options["dtype"] = jnp.dtype(options["dtype"])
+  module = FasterRCNN(num_classes=num_classes, **options)
+  assign = make_assign(module, rpn_allowed_border=rpn_allowed_border)
 
   def loss(outputs, targets):
     return faster_rcnn_loss(outputs, targets, stage=module.stage)

@@ -113,13 +113,15 @@ class TwoFCHead(nn.Module):
   dropout as VGG's), then the sibling classifier and class-specific box regressor (std 0.01 / 0.001 Gaussian init,
   as the reference code). With `svd_ranks = (t6, t7)` each of fc6 / fc7 is the factored pair `<name>_svd_s`
   (t units, no bias: U_t S_t) then `<name>_svd_v` (V_t^T and the bias) that `truncate_fc_svd` makes from trained
-  parameters; a rank of 0 keeps that layer whole.
+  parameters; a rank of 0 keeps that layer whole. With `box_variance`, a third sibling predicts each delta's
+  log-variance (see `_predictors`) and the head returns `(class_logits, deltas, log_variance [R, C, 4])`.
   """
 
   num_classes: int
   features: int = 1024
   dropout: float = 0.0
   svd_ranks: Sequence[int] = ()
+  box_variance: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -134,7 +136,7 @@ class TwoFCHead(nn.Module):
         x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name=name)(x))
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return _predictors(x, self.num_classes, self.dtype)
+    return _predictors(x, self.num_classes, self.dtype, box_variance=self.box_variance)
 
 
 def truncate_fc_svd(head_params: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:
@@ -165,12 +167,13 @@ class ResNetC5Head(nn.Module):
 
   The ResNet head of Faster R-CNN (He et al. 2016, appendix A): the backbone's last stage (C5: basic blocks,
   stride 2, `features` channels) runs on each pooled RoI (pool to 14 x 14 for a 7 x 7 output), then global
-  average pooling and the two sibling predictors.
+  average pooling and the two sibling predictors (three with `box_variance`, as `TwoFCHead`).
   """
 
   num_classes: int
   features: int = 512
   num_blocks: int = 2
+  box_variance: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -179,13 +182,20 @@ class ResNetC5Head(nn.Module):
     for block in range(self.num_blocks):
       x = BasicBlock(self.features, strides=2 if block == 0 else 1, dtype=self.dtype, name=f"block{block + 1}")(
           x, train=train)
-    return _predictors(jnp.mean(x, axis=(1, 2)), self.num_classes, self.dtype)
+    return _predictors(jnp.mean(x, axis=(1, 2)), self.num_classes, self.dtype, box_variance=self.box_variance)
 
 
-def _predictors(x: jax.Array, num_classes: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+def _predictors(x: jax.Array, num_classes: int, dtype: Any, *, box_variance: bool = False) -> tuple[jax.Array, ...]:
+  """The sibling predictors on the head's features `[R, D]`: logits, class-specific deltas and, with
+  `box_variance`, their log-variances alpha = log sigma^2 (KL-Loss, He et al. 2019: Gaussian init of std 0.0001,
+  so that training starts at alpha ~ 0, where the KL loss is the smooth L1 loss plus a constant)."""
   logits = nn.Dense(num_classes + 1, kernel_init=nn.initializers.normal(0.01), dtype=dtype, name="cls")(x)
   deltas = nn.Dense(num_classes * 4, kernel_init=nn.initializers.normal(0.001), dtype=dtype, name="box")(x)
-  return logits.astype(jnp.float32), deltas.astype(jnp.float32).reshape(x.shape[0], num_classes, 4)
+  out = (logits.astype(jnp.float32), deltas.astype(jnp.float32).reshape(x.shape[0], num_classes, 4))
+  if box_variance:
+    alpha = nn.Dense(num_classes * 4, kernel_init=nn.initializers.normal(0.0001), dtype=dtype, name="box_variance")(x)
+    out += (alpha.astype(jnp.float32).reshape(x.shape[0], num_classes, 4),)
+  return out
 
 
 def roi_box_loss(class_logits: jax.Array, deltas: jax.Array, labels: jax.Array, target_deltas: jax.Array,
