@@ -6,8 +6,11 @@ from typing import Any, Callable
 
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
+from jaxdet.models.detectors.fcos import build_fcos
+from jaxdet.models.detectors.retinanet import build_retinanet
 
-DETECTORS: dict[str, Callable[..., Detector]] = {"centernet": build_centernet}
+DETECTORS: dict[str, Callable[..., Detector]] = {"centernet": build_centernet, "fcos": build_fcos,
+                                                 "retinanet": build_retinanet}
 
 
 def build_detector(name: str, *, num_classes: int, **kwargs: Any) -> Detector:
