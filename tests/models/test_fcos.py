@@ -222,6 +222,17 @@ class TestModule(chex.TestCase):
     assert abs(float(jnp.median(outputs["ltrb"][0])) - 1.0) < 0.1
 
 
+@pytest.mark.parametrize("activation,on_box_tower", [("exp", False), ("relu", True)])
+def test_both_regression_forms_start_one_stride_out(activation, on_box_tower):
+  detector = build_detector("fcos", num_classes=3, **dict(TINY, activation=activation,
+                                                          centerness_on_box_tower=on_box_tower))
+  images = jax.random.randint(jax.random.PRNGKey(1), (1, 64, 64, 3), 0, 256).astype(jnp.uint8)
+  variables = init_detector(detector, jax.random.PRNGKey(0), image_shape=(64, 64))
+  outputs = apply_detector(detector, variables, {"image": images}, train=False)
+  assert all(float(jnp.min(x)) >= 0 for x in outputs["ltrb"])
+  assert abs(float(jnp.median(outputs["ltrb"][0])) - 1.0) < 0.1
+
+
 def test_postprocess_is_fixed_size_and_decodes_distances(tiny):
   detector, variables = tiny
   outputs = apply_detector(detector, variables, {"image": jnp.zeros((2, 64, 64, 3), jnp.uint8)}, train=False)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.group_norm import GroupNorm
 from jaxdet.models.heads.retinanet import HEAD_INIT, prior_bias
 
 REGRESSION_ACTIVATIONS = ("relu", "exp")
@@ -17,7 +18,7 @@ class FCOSHead(nn.Module):
   """Returns `{"logits", "ltrb", "centerness"}`: per level `[B, H_l, W_l, C]` class logits, `[B, H_l, W_l, 4]`
   distances (l, t, r, b) >= 0 in units of the level's stride, and `[B, H_l, W_l, 1]` centre-ness logits, float32.
 
-  Two towers of `num_convs` 3x3 convolutions + group norm + ReLU, one for classification and one for regression,
+  Two towers of `num_convs` 3x3 convolutions + group norm (`jaxdet.models.group_norm`, Flax's numbers) + ReLU, one for classification and one for regression,
   shared across levels (one set of parameters), as in FCOS. The class logits' bias starts at the prior
   `prior_prob` (RetinaNet's initialisation); centre-ness is predicted from the regression tower (FCOS's later
   "centerness on reg" improvement, also torchvision's) or, with `centerness_on_box_tower=False`, from the class
@@ -50,7 +51,7 @@ class FCOSHead(nn.Module):
     for k in range(self.num_convs):
       layers.append(nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT,
                             name=f"{name}_conv{k}"))
-      layers.append(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name=f"{name}_gn{k}"))
+      layers.append(GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name=f"{name}_gn{k}"))
     return layers
 
   @nn.compact
