@@ -26,11 +26,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from experiments.peers import common  # noqa: E402  (first: it sets OpenMP's wait policy)
 from torch import nn  # noqa: E402
 from torchvision.models.detection import FCOS  # noqa: E402
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead  # noqa: E402
 
-from experiments.peers import common  # noqa: E402
 from experiments.peers.parts import CentredAnchorGenerator, resnet_fpn  # noqa: E402
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 

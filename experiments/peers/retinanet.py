@@ -18,11 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from experiments.peers import common  # noqa: E402  (first: it sets OpenMP's wait policy)
 from torchvision.models.detection import RetinaNet  # noqa: E402
 from torchvision.models.detection import _utils as det_utils  # noqa: E402
 from torchvision.models.detection.retinanet import RetinaNetHead  # noqa: E402
 
-from experiments.peers import common  # noqa: E402
 from experiments.peers.parts import CentredAnchorGenerator, resnet_fpn  # noqa: E402
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
