@@ -8,17 +8,21 @@ from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
 from jaxdet.models.detectors.fast_rcnn import build_fast_rcnn
 from jaxdet.models.detectors.faster_rcnn import build_faster_rcnn
+from jaxdet.models.detectors.fcos import build_fcos
 from jaxdet.models.detectors.iou_net import build_faster_rcnn_iounet
 from jaxdet.models.detectors.kl_rcnn import build_faster_rcnn_kl
 from jaxdet.models.detectors.rcnn import build_rcnn
+from jaxdet.models.detectors.retinanet import build_retinanet
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
-    "faster_rcnn": build_faster_rcnn,
     "fast_rcnn": build_fast_rcnn,
+    "faster_rcnn": build_faster_rcnn,
     "faster_rcnn_iounet": build_faster_rcnn_iounet,
     "faster_rcnn_kl": build_faster_rcnn_kl,
+    "fcos": build_fcos,
     "rcnn": build_rcnn,
+    "retinanet": build_retinanet,
 }
 
 

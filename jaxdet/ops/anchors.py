@@ -103,20 +103,23 @@ def fpn_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: float = 0.
                             aspect_ratios=(0.5, 1.0, 2.0), offset=offset)
 
 
-def retinanet_anchors(feature_shapes: Sequence[tuple[int, int]], *, offset: float = 0.5
+def retinanet_anchors(feature_shapes: Sequence[tuple[int, int]], *, levels: Sequence[int] = (3, 4, 5, 6, 7),
+                      base_scale: float = 4.0, scales_per_octave: int = 3,
+                      aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), offset: float = 0.5
                       ) -> tuple[jnp.ndarray, tuple[int, ...]]:
-  """Returns RetinaNet anchors `[sum_l H_l W_l 9, 4]` xyxy pixels and the per-level counts, for P3-P7.
+  """Returns RetinaNet anchors `[sum_l H_l W_l A, 4]` xyxy pixels and the per-level counts.
 
-  Strides 8..128, base size 4 x stride, 3 octave scales x 3 ratios. `feature_shapes`: the 5 `(H, W)`, P3 first.
-
-  Scales 2^0, 2^(1/3), 2^(2/3) and ratios 1:2, 1:1, 2:1 give A = 9 anchors per cell (Lin et al. 2017, sec. 4).
+  Level l (stride 2^l) has anchors of sizes `base_scale * 2^l * 2^(k / scales_per_octave)`, k = 0..scales-1, at
+  each aspect ratio: the paper's P3-P7 with base size 4 x stride, scales 2^0, 2^(1/3), 2^(2/3) and ratios 1:2, 1:1,
+  2:1 give A = 9 anchors per cell and sizes 32..813 pixels (Lin et al. 2017, sec. 4). `levels` and `base_scale`
+  move the sizes to other object scales (smaller images). `feature_shapes`: the `(H, W)` of each level, finest first.
   """
-  if len(feature_shapes) != 5:
-    raise ValueError(f"RetinaNet anchors need the 5 levels P3-P7, got {len(feature_shapes)} feature shapes")
-  strides = (8, 16, 32, 64, 128)
-  sizes = [tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in strides]
-  return multilevel_anchors(feature_shapes, strides=strides, sizes=sizes, aspect_ratios=(0.5, 1.0, 2.0),
-                            offset=offset)
+  if len(feature_shapes) != len(levels):
+    raise ValueError(f"RetinaNet anchors for levels {tuple(levels)} need {len(levels)} feature shapes, got "
+                     f"{len(feature_shapes)}")
+  strides = [2**level for level in levels]
+  sizes = [tuple(base_scale * s * 2 ** (k / scales_per_octave) for k in range(scales_per_octave)) for s in strides]
+  return multilevel_anchors(feature_shapes, strides=strides, sizes=sizes, aspect_ratios=aspect_ratios, offset=offset)
 
 
 def ssd_scales(num_levels: int, *, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:
