@@ -6,8 +6,9 @@ from typing import Any, Callable
 
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.detectors.centernet import build_centernet
+from jaxdet.models.detectors.ssd import build_ssd
 
-DETECTORS: dict[str, Callable[..., Detector]] = {"centernet": build_centernet}
+DETECTORS: dict[str, Callable[..., Detector]] = {"centernet": build_centernet, "ssd": build_ssd}
 
 
 def build_detector(name: str, *, num_classes: int, **kwargs: Any) -> Detector:
