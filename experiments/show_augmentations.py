@@ -2,6 +2,7 @@
 
   python experiments/show_augmentations.py --source=shapes --num=8 --mosaic --out_dir=/tmp/augmentations
   python experiments/show_augmentations.py --source=generated --num=4 --nomosaic --multiscale
+  python experiments/show_augmentations.py --source=shapes --pipeline=ssd --size=128   # SSD's augmentation
 
 Runs the training loader itself (`jaxdet.data.loader.make_loader`, the same augmentations and padding), so what
 is saved is exactly a batch a train step would receive. `--source=shapes` reads the embedded `shapes` set (generated
@@ -17,6 +18,7 @@ import numpy as np
 
 from jaxdet.data.loader import DEFAULT_MULTISCALE_SIZES, make_loader
 from jaxdet.data.source import DetectionSource, ListSource, make_example
+from jaxdet.data.transforms import Augment, SSDAugment
 from jaxdet.data.visualize import draw_boxes, save_png
 
 _SOURCE = flags.DEFINE_enum("source", "generated", ["generated", "shapes"], "where the images come from")
@@ -24,7 +26,9 @@ _SHAPES_CONFIG = flags.DEFINE_string("shapes_config", "default", "shapes config:
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "tfds data dir for shapes (default $JAXDET_DATA_DIR, else ~/tensorflow_datasets)")
 _NUM = flags.DEFINE_integer("num", 8, "images to save")
-_MOSAIC = flags.DEFINE_bool("mosaic", True, "apply Mosaic to every image")
+_PIPELINE = flags.DEFINE_enum("pipeline", "centernet", ["centernet", "ssd"],
+                              "training augmentation: CenterNet's (+ Mosaic, multi-scale) or SSD's")
+_MOSAIC = flags.DEFINE_bool("mosaic", True, "apply Mosaic to every image (centernet pipeline)")
 _MULTISCALE = flags.DEFINE_bool("multiscale", False, "draw the size from YOLOv2's 320..608 (one size per batch)")
 _SIZE = flags.DEFINE_integer("size", 384, "input size when not multi-scale")
 _SEED = flags.DEFINE_integer("seed", 0, "loader seed")
@@ -67,8 +71,10 @@ def load_source() -> DetectionSource:
 def main(argv):
   del argv
   source = load_source()
+  ssd = _PIPELINE.value == "ssd"
   loader = make_loader(source, batch_size=_NUM.value, image_size=_SIZE.value, train=True, max_boxes=64,
-                       seed=_SEED.value, mosaic_prob=1.0 if _MOSAIC.value else 0.0,
+                       seed=_SEED.value, augment=SSDAugment() if ssd else Augment(),
+                       mosaic_prob=1.0 if _MOSAIC.value and not ssd else 0.0,
                        multiscale_sizes=DEFAULT_MULTISCALE_SIZES if _MULTISCALE.value else None,
                        shard_index=0, shard_count=1)
   iterator = iter(loader)

@@ -9,14 +9,14 @@ from jaxdet.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 from jaxdet.data.shapes import Shapes, ShapesConfig, ShapesSource, prepare_shapes
 from jaxdet.data.source import EXAMPLE_KEYS, DetectionSource, Example, ListSource, make_example, to_original_frame
 from jaxdet.data.tfds_sources import COCO_CATEGORY_IDS, TfdsSource
-from jaxdet.data.transforms import Augment, eval_transform, train_transform
+from jaxdet.data.transforms import Augment, SSDAugment, eval_transform, ssd_train_transform, train_transform
 from jaxdet.data.visualize import draw_boxes, save_png
 from jaxdet.data.voc import VOC_CLASSES, VocSource
 
 __all__ = [
     "Augment", "BadInputError", "COCO_CATEGORY_IDS", "CocoSource", "DEFAULT_MULTISCALE_SIZES", "DetectionSource",
-    "EXAMPLE_KEYS", "Example", "ListSource", "Loader", "SHAPES_CLASS_NAMES", "Shapes", "ShapesConfig", "ShapesSource",
-    "TfdsSource", "VOC_CLASSES", "VocSource", "draw_boxes", "eval_transform", "export_coco", "make_example",
-    "make_loader", "mosaic", "multiscale_size", "normalize_image", "prepare_shapes", "save_png", "to_original_frame",
-    "train_transform",
+    "EXAMPLE_KEYS", "Example", "ListSource", "Loader", "SHAPES_CLASS_NAMES", "SSDAugment", "Shapes", "ShapesConfig",
+    "ShapesSource", "TfdsSource", "VOC_CLASSES", "VocSource", "draw_boxes", "eval_transform", "export_coco", "make_example",
+    "make_loader", "mosaic", "multiscale_size", "normalize_image", "prepare_shapes", "save_png", "ssd_train_transform",
+    "to_original_frame", "train_transform",
 ]

@@ -1,4 +1,5 @@
-"""Geometric transforms of one example: resize, letterbox, horizontal flip, CenterNet's random scale + crop.
+"""Geometric transforms of one example: resize, letterbox, horizontal flip, CenterNet's random scale + crop, and
+SSD's zoom-out and min-IoU crop.
 
 Every transform here is an axis-aligned affine map `x' = x * sx + tx, y' = y * sy + ty` of the image plane. The
 image is resampled with PIL (bilinear, antialiased when shrinking) over the exact source rectangle that lands on
@@ -9,7 +10,8 @@ Box rule (the same in every transform and in Mosaic): each box is clipped to its
 to the output window. It is kept when the clipped box is at least `min_size` pixels wide and high AND at least
 `min_visible` of the mapped box's area is still inside the window; otherwise it is dropped together with its
 label, crowd and difficult flags. Boxes that were degenerate (or NaN) to begin with are dropped by the same rule.
-`hflip` loses no pixel, so it moves boxes without applying the rule.
+`hflip` and `zoom_out` lose no pixel, so they move boxes without applying the rule; `min_iou_crop` has SSD's own
+rule (a box stays when its centre is inside the crop).
 
 Per-image proposals (`proposals [P, 4]` with `proposal_valid [P]`, see `jaxdet.proposals.source`) move like boxes
 but are never dropped: they are clipped to the output window, and one left with no area is marked invalid, so P
@@ -218,3 +220,116 @@ def random_scale_crop(example: Example, size: int | Sequence[int], *, rng: np.ra
   k, offset = draw_scale_crop(rng, source_hw=example["image"].shape[:2], size=size, scale_range=scale_range)
   return warp_example(example, size=size, scale=(k, k), offset=offset, fill=fill, min_size=min_size,
                       min_visible=min_visible)
+
+
+SSD_FILL = (124, 116, 104)  # the ImageNet mean pixel (RGB), which normalises to about 0: SSD fills with its mean
+SSD_MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def zoom_out(example: Example, *, rng: np.random.Generator, prob: float = 0.5, max_ratio: float = 4.0,
+             fill: Sequence[int] = SSD_FILL) -> Example:
+  """Returns the example placed on a larger canvas of `fill` colour with probability `prob`: SSD's "zoom out".
+
+  SSD's expansion (Liu et al. 2016, sec. 3.6; ssd.pytorch's `Expand`): for a ratio r ~ U(1, max_ratio) the canvas
+  is `int(r H) x int(r W)` and the image's top-left corner lands at `(int(U(0, r W - W)), int(U(0, r H - H)))`,
+  whole pixels, so the image is copied, not resampled, and boxes shift by the same integers. Together with the
+  final resize this makes objects up to `max_ratio` times smaller — training data for the small priors. Draws the
+  same number of values from `rng` whether it zooms or not.
+  """
+  zoom = rng.uniform() < prob
+  ratio, fx, fy = rng.uniform(1.0, max_ratio), rng.uniform(), rng.uniform()
+  if not zoom:
+    return example
+  image = example["image"]
+  h, w = image.shape[:2]
+  out_h, out_w = int(h * ratio), int(w * ratio)
+  left, top = int(fx * (out_w - w)), int(fy * (out_h - h))
+  canvas = np.empty((out_h, out_w, 3), np.uint8)
+  canvas[...] = np.asarray(fill, np.uint8)
+  canvas[top:top + h, left:left + w] = image
+  offset = (float(left), float(top))
+  out = {**example, "image": canvas, "boxes": map_boxes(example["boxes"].reshape(-1, 4), scale=(1.0, 1.0),
+                                                        offset=offset),
+         "frame": compose_frame(example["frame"], scale=(1.0, 1.0), offset=offset)}
+  return move_proposals(out, source_hw=(h, w), scale=(1.0, 1.0), offset=offset, window=(0, 0, out_w, out_h))
+
+
+def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
+  """float64 `[N]`: IoU of xyxy `boxes` with one xyxy `rect` (boxes of positive size only)."""
+  lt = np.maximum(boxes[:, :2], rect[:2])
+  rb = np.minimum(boxes[:, 2:], rect[2:])
+  inter = np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+  area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) + np.prod(rect[2:] - rect[:2])
+  return inter / (area - inter)
+
+
+def centers_inside(boxes: np.ndarray, rect: Sequence[float]) -> np.ndarray:
+  """Returns bool `[N]`: whether each xyxy box's centre lies strictly inside `rect` (x1, y1, x2, y2) — SSD's rule
+  for the boxes a crop keeps (a centre on the crop's edge is outside; a NaN box is outside)."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+  rect = np.asarray(rect, np.float64)
+  with np.errstate(invalid="ignore"):
+    return np.all((centers > rect[:2]) & (centers < rect[2:]), axis=1)
+
+
+def crop_example(example: Example, rect: Sequence[int], keep: np.ndarray) -> Example:
+  """Returns the example cut to the integer pixel rectangle `rect` (x1, y1, x2, y2), keeping the boxes where
+  `keep`, clipped to the rectangle; boxes and `frame` shift by `(-x1, -y1)`."""
+  x1, y1, x2, y2 = (int(v) for v in rect)
+  out = select_boxes(example, keep)
+  boxes = np.clip(out["boxes"].reshape(-1, 4), [x1, y1, x1, y1], [x2, y2, x2, y2]) - np.array([x1, y1, x1, y1])
+  out["boxes"] = boxes.astype(np.float32)
+  out["image"] = np.ascontiguousarray(example["image"][y1:y2, x1:x2])
+  out["frame"] = compose_frame(example["frame"], scale=(1.0, 1.0), offset=(float(-x1), float(-y1)))
+  return move_proposals(out, source_hw=example["image"].shape[:2], scale=(1.0, 1.0), offset=(float(-x1), float(-y1)),
+                        window=(0, 0, x2 - x1, y2 - y1))
+
+
+def min_iou_crop(example: Example, *, rng: np.random.Generator, min_ious: Sequence[float] = SSD_MIN_IOUS,
+                 max_trials: int = 50, min_scale: float = 0.3, aspect_range: tuple[float, float] = (0.5, 2.0),
+                 max_rounds: int = 50) -> Example:
+  """Returns a random crop of the example under SSD's sampling rules (Liu et al. 2016, sec. 2.2, "Data
+  augmentation"), or the example itself.
+
+  Each round picks, with equal chance, one of: the whole image (returned as it is), a crop whose IoU with at least
+  one object is at least m for m in `min_ious` (0.1, 0.3, 0.5, 0.7, 0.9), or a crop without an IoU constraint. For
+  that choice up to `max_trials` crops are drawn: sides `U(min_scale, 1)` times the image's, `h / w` inside
+  `aspect_range` (else the trial fails), the corner uniform over the positions inside the image, rounded down to
+  whole pixels (so the image is cut, not resampled). A crop is taken when it meets the IoU constraint and at least
+  one object's centre lies strictly inside it; the objects whose centres lie inside are kept, clipped to the crop,
+  the others dropped with their fields. When every trial fails a new round starts, as in the reference
+  (ssd.pytorch's `RandomSampleCrop`, which loops without bound; after `max_rounds` the whole image is kept).
+
+  Crops have sides in [0.3, 1] of the image as in the paper's Caffe model, ssd.pytorch and torchvision (the text
+  says [0.1, 1]). ssd.pytorch leaves 0.5 out of its IoU options; the paper, Caffe and torchvision have it.
+  Crowd regions and degenerate boxes count for neither the IoU constraint nor "at least one centre inside"; an
+  example without other boxes is returned whole.
+  """
+  image = example["image"]
+  h, w = image.shape[:2]
+  boxes = np.asarray(example["boxes"], np.float64).reshape(-1, 4)
+  with np.errstate(invalid="ignore"):
+    proper = np.all(np.isfinite(boxes), axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  proper &= ~np.asarray(example["crowd"], bool)
+  if not proper.any():
+    return example
+  options = (None, *min_ious, -np.inf)  # None: the whole image; -inf: no constraint
+  for _ in range(max_rounds):
+    min_iou = options[int(rng.integers(len(options)))]
+    if min_iou is None:
+      return example
+    for _ in range(max_trials):
+      cw, ch = rng.uniform(min_scale * w, w), rng.uniform(min_scale * h, h)
+      fx, fy = rng.uniform(), rng.uniform()
+      if not aspect_range[0] <= ch / cw <= aspect_range[1]:
+        continue
+      left, top = fx * (w - cw), fy * (h - ch)
+      rect = np.array([int(left), int(top), int(left + cw), int(top + ch)], np.float64)
+      if _iou_with(boxes[proper], rect).max() < min_iou:
+        continue
+      inside = centers_inside(boxes, rect)
+      if not (inside & proper).any():
+        continue
+      return crop_example(example, rect.astype(int), inside)
+  return example

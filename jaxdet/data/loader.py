@@ -5,7 +5,8 @@ permutation each epoch and repeated (`num_epochs`, or forever). With `batch_size
 hosts, global step s is the G = B * n consecutive records `[s * G, (s + 1) * G)` of that stream, and host h takes
 `[s * G + h * B, s * G + (h + 1) * B)`: host-local record k is global position
 `p = (k // B) * G + h * B + k % B`. Record p is mapped through `transforms.train_transform` (flip, Mosaic with
-`mosaic_prob` and partners drawn from the whole source, CenterNet's scale + crop, colour jitter) with a NumPy
+`mosaic_prob` and partners drawn from the whole source, CenterNet's scale + crop, colour jitter; or SSD's pipeline
+when `augment` is an `SSDAugment`) with a NumPy
 generator seeded by `(seed, p)` only, so the hosts' batches of a step, concatenated in host order, are exactly
 the one-host batch of size G of the same step — same images, augmentations and order — and the losses of a run
 depend on the global batch, not on the number of hosts (or grain workers: grain's `random_map` would seed per
@@ -44,9 +45,9 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from jaxdet.data.geometric import as_size
+from jaxdet.data.geometric import DEFAULT_FILL, as_size
 from jaxdet.data.source import DetectionSource, Example
-from jaxdet.data.transforms import Augment, eval_transform, train_transform
+from jaxdet.data.transforms import Augment, SSDAugment, eval_transform, train_transform
 
 Batch = dict[str, np.ndarray]
 
@@ -142,7 +143,7 @@ class _TrainMap:
   image_size: tuple[int, int]
   multiscale_sizes: tuple[int, ...] | None
   multiscale_period: int
-  augment: Augment
+  augment: Augment | SSDAugment
   mosaic_prob: float
 
   def global_position(self, k: int) -> int:
@@ -206,7 +207,8 @@ def _enable_grain_workers() -> None:
 
 
 def make_loader(source: DetectionSource, *, batch_size: int, image_size: int | Sequence[int], train: bool,
-                max_boxes: int = 100, seed: int = 0, augment: Augment = Augment(), mosaic_prob: float = 0.0,
+                max_boxes: int = 100, seed: int = 0, augment: Augment | SSDAugment = Augment(),
+                mosaic_prob: float = 0.0,
                 multiscale_sizes: Sequence[int] | None = None, multiscale_period: int = 10,
                 eval_resize: str = "letterbox", shard_index: int | None = None, shard_count: int | None = None,
                 worker_count: int = 0, read_threads: int = 1, prefetch_batches: int = 2,
@@ -221,7 +223,8 @@ def make_loader(source: DetectionSource, *, batch_size: int, image_size: int | S
     train: augment, shuffle and repeat (True) or one ordered, padded pass (False).
     max_boxes: box slots per image; the first `max_boxes` objects are kept and the rest counted.
     seed: seeds the shuffle, every augmentation and the multi-scale sizes.
-    augment, mosaic_prob: training augmentations (`transforms.Augment`) and the chance of Mosaic per image.
+    augment, mosaic_prob: training augmentations (`transforms.Augment`, or `transforms.SSDAugment` for SSD's
+      pipeline) and the chance of Mosaic per image (CenterNet's pipeline only).
     multiscale_sizes, multiscale_period: YOLOv2 multi-scale training (e.g. `DEFAULT_MULTISCALE_SIZES`, 10).
     eval_resize: "letterbox" or "resize" for evaluation.
     shard_index, shard_count: this host and the number of hosts (default `jax.process_index()` / `_count()`).
@@ -236,6 +239,8 @@ def make_loader(source: DetectionSource, *, batch_size: int, image_size: int | S
     shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} is not in [0, shard_count={shard_count})")
+  if isinstance(augment, SSDAugment) and mosaic_prob > 0:
+    raise ValueError(f"mosaic_prob={mosaic_prob}: Mosaic is not part of SSD's augmentation (SSDAugment)")
   size = as_size(image_size)
   examples = grain.MapDataset.source(source)
   if train:
@@ -259,8 +264,9 @@ def make_loader(source: DetectionSource, *, batch_size: int, image_size: int | S
   else:
     num_batches = math.ceil(math.ceil(len(source) / shard_count) / batch_size)
     shard = examples[shard_index::shard_count]
+    fill = augment.fill if isinstance(augment, Augment) else DEFAULT_FILL
     ds = grain.MapDataset.range(num_batches * batch_size).map(
-        _EvalMap(shard=shard, image_size=size, mode=eval_resize, fill=augment.fill))
+        _EvalMap(shard=shard, image_size=size, mode=eval_resize, fill=fill))
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_Collate(max_boxes))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
   if worker_count > 0:

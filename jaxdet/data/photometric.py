@@ -1,4 +1,4 @@
-"""Photometric transforms: CenterNet's colour jitter on one example.
+"""Photometric transforms of one example: CenterNet's colour jitter and SSD's photometric distortion.
 
 The loader yields uint8 images; the detector normalises them on device (`jaxdet.ops.images.normalize_image`,
 re-exported here), so the host never touches float images.
@@ -84,3 +84,65 @@ def color_jitter(example: Example, *, rng: np.random.Generator, brightness: floa
   alpha = rng.normal(0.0, lighting, 3) if lighting > 0 else (0.0, 0.0, 0.0)
   return {**example, "image": adjust_color(image, brightness=b, contrast=c, saturation=s, order=order,
                                            lighting=alpha)}
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+  """Returns float32 `[..., 3]` (hue in degrees [0, 360), saturation [0, 1], value [0, 255]) of RGB `[..., 3]`
+  pixels in 0..255 (the hexcone model, as `colorsys.rgb_to_hsv` and OpenCV's float conversion)."""
+  rgb = np.asarray(rgb, np.float32)
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  v = rgb.max(axis=-1)
+  c = v - rgb.min(axis=-1)
+  safe_c = np.where(c > 0, c, 1.0)
+  h = np.where(v == r, (g - b) / safe_c, np.where(v == g, 2.0 + (b - r) / safe_c, 4.0 + (r - g) / safe_c))
+  h = np.where(c > 0, (h * 60.0) % 360.0, 0.0)
+  s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
+  return np.stack([h, s, v], axis=-1).astype(np.float32)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+  """Returns float32 `[..., 3]` RGB in 0..255 from `rgb_to_hsv`'s (hue degrees, saturation, value)."""
+  hsv = np.asarray(hsv, np.float32)
+  h, s, v = hsv[..., 0] % 360.0, hsv[..., 1], hsv[..., 2]
+  k = (np.array([5.0, 3.0, 1.0], np.float32) + h[..., None] / 60.0) % 6.0
+  return (v[..., None] - v[..., None] * s[..., None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)).astype(np.float32)
+
+
+def photometric_distort(example: Example, *, rng: np.random.Generator, prob: float = 0.5,
+                        brightness_delta: float = 32.0, contrast_range: tuple[float, float] = (0.5, 1.5),
+                        saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18.0) -> Example:
+  """Returns the example with SSD's random photometric distortion (boxes untouched).
+
+  The paper's Caffe `DistortImage` (and ssd.pytorch's `PhotometricDistort`): each step is applied with
+  probability `prob`, in one of two orders chosen with equal chance:
+    brightness, contrast, saturation, hue   or   brightness, saturation, hue, contrast.
+  Brightness adds `U(-brightness_delta, brightness_delta)` to every channel; contrast multiplies the pixel values
+  by `U(*contrast_range)` (Caffe's `convertTo(alpha, 0)`: no blend with the mean, unlike torchvision's contrast);
+  saturation multiplies HSV saturation by `U(*saturation_range)`; hue adds `U(-hue_delta, hue_delta)` degrees.
+  Values are clipped to 0..255 (saturation to 0..1) after each step, as Caffe's 8-bit images are, and rounded once
+  at the end. The channel-order shuffle is off, as in the paper's model (`random_order_prob: 0`). Every call
+  draws the same number of values from `rng`, applied or not.
+  """
+  apply = rng.uniform(size=4) < prob  # brightness, contrast, saturation, hue
+  contrast_first = rng.uniform() < 0.5
+  delta = rng.uniform(-brightness_delta, brightness_delta)
+  alpha = rng.uniform(*contrast_range)
+  saturation = rng.uniform(*saturation_range)
+  hue = rng.uniform(-hue_delta, hue_delta)
+  if not apply.any():
+    return example
+  x = example["image"].astype(np.float32)
+  if apply[0]:
+    x = np.clip(x + delta, 0.0, 255.0)
+  if apply[1] and contrast_first:
+    x = np.clip(x * alpha, 0.0, 255.0)
+  if apply[2] or apply[3]:
+    hsv = rgb_to_hsv(x)
+    if apply[2]:
+      hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0.0, 1.0)
+    if apply[3]:
+      hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
+    x = np.clip(hsv_to_rgb(hsv), 0.0, 255.0)
+  if apply[1] and not contrast_first:
+    x = np.clip(x * alpha, 0.0, 255.0)
+  return {**example, "image": np.rint(x).astype(np.uint8)}

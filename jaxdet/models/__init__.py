@@ -13,6 +13,7 @@ from jaxdet.models.detectors.iou_net import build_faster_rcnn_iounet
 from jaxdet.models.detectors.kl_rcnn import build_faster_rcnn_kl
 from jaxdet.models.detectors.rcnn import build_rcnn
 from jaxdet.models.detectors.retinanet import build_retinanet
+from jaxdet.models.detectors.ssd import build_ssd
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
@@ -23,6 +24,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "fcos": build_fcos,
     "rcnn": build_rcnn,
     "retinanet": build_retinanet,
+    "ssd": build_ssd,
 }
 
 

@@ -4,7 +4,9 @@ RetinaNet, FCOS, SSD, YOLO and the RoI heads of two-stage detectors.
 Per image: on each pyramid level, the `candidates_per_level` highest (anchor, class) scores; of those, the ones
 scoring strictly above `score_threshold` whose box is not empty after clipping; class-aware NMS; the best
 `max_detections` (RetinaNet's inference, Lin et al. 2017 sec. 4; torchvision's `RetinaNet.postprocess_detections`
-and `RoIHeads.postprocess_detections` do the same steps).
+and `RoIHeads.postprocess_detections` do the same steps). With `per_class`, the candidates are the
+`candidates_per_level` best anchors of each class on each level instead (SSD's inference: per class, the top 200
+above 0.01, then NMS; torchvision's `SSD.postprocess_detections`).
 """
 
 from __future__ import annotations
@@ -20,18 +22,23 @@ from jaxdet.ops.nms import batched_nms
 
 
 def _select_one(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[int], candidates_per_level: int,
-                score_threshold: float, iou_threshold: float, max_detections: int,
+                per_class: bool, score_threshold: float, iou_threshold: float, max_detections: int,
                 image_shape: tuple[int, int] | None) -> Detections:
   num_classes = scores.shape[-1]
   top_scores, anchors, classes = [], [], []
   start = 0
   for size in level_sizes:
-    level = scores[start:start + size].reshape(-1)
-    k = min(candidates_per_level, level.shape[0])
-    values, flat = jax.lax.top_k(level, k)
-    top_scores.append(values)
-    anchors.append(start + flat // num_classes)
-    classes.append(flat % num_classes)
+    if per_class:  # [C, k]: each class's best anchors on this level
+      values, index = jax.lax.top_k(scores[start:start + size].T, min(candidates_per_level, size))
+      top_scores.append(values.reshape(-1))
+      anchors.append(start + index.reshape(-1))
+      classes.append(jnp.repeat(jnp.arange(num_classes), index.shape[1]))
+    else:
+      level = scores[start:start + size].reshape(-1)
+      values, flat = jax.lax.top_k(level, min(candidates_per_level, level.shape[0]))
+      top_scores.append(values)
+      anchors.append(start + flat // num_classes)
+      classes.append(flat % num_classes)
     start += size
   top_scores, anchors, classes = (jnp.concatenate(x) for x in (top_scores, anchors, classes))
   picked = boxes[anchors, classes] if boxes.ndim == 3 else boxes[anchors]
@@ -47,8 +54,9 @@ def _select_one(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[in
 
 
 def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[int] | None = None,
-                      candidates_per_level: int = 1000, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-                      max_detections: int = 100, image_shape: tuple[int, int] | None = None) -> Detections:
+                      candidates_per_level: int = 1000, per_class: bool = False, score_threshold: float = 0.05,
+                      iou_threshold: float = 0.5, max_detections: int = 100,
+                      image_shape: tuple[int, int] | None = None) -> Detections:
   """Returns `Detections` with `max_detections` slots per image from dense scores and decoded boxes.
 
   Args:
@@ -56,7 +64,9 @@ def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Seque
       `[B, N, C, 4]`, one per anchor and class (class-specific regression: Fast / Faster R-CNN).
     scores: `[B, N, C]` class probabilities (sigmoid or softmax without the background column).
     level_sizes: the number of anchors of each pyramid level, in the order of N (sum = N); None is one level.
-    candidates_per_level: (anchor, class) pairs kept per level before thresholding and NMS (RetinaNet: 1,000).
+    candidates_per_level: (anchor, class) pairs kept per level before thresholding and NMS (RetinaNet: 1,000), or
+      with `per_class` anchors kept per class and level (SSD: 200).
+    per_class: take the candidates per class (SSD) rather than over all (anchor, class) pairs of a level.
     score_threshold: a pair must score strictly above this (RetinaNet: 0.05).
     iou_threshold: class-aware NMS threshold (0.5); a box suppresses only boxes of its class.
     max_detections: slots per image (COCO: 100).
@@ -73,7 +83,7 @@ def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Seque
 
   def one(b, s):
     return _select_one(b.astype(jnp.float32), s.astype(jnp.float32), level_sizes=level_sizes,
-                       candidates_per_level=candidates_per_level, score_threshold=score_threshold,
+                       candidates_per_level=candidates_per_level, per_class=per_class, score_threshold=score_threshold,
                        iou_threshold=iou_threshold, max_detections=max_detections, image_shape=image_shape)
 
   return jax.vmap(one)(boxes, scores)

@@ -20,8 +20,8 @@ from jaxdet.ops.losses import (centerness_target, ciou_loss, diou_loss, giou_los
                                penalty_reduced_focal_loss, sigmoid_binary_cross_entropy, sigmoid_focal_loss,
                                smooth_l1_loss, softmax_cross_entropy)
 from jaxdet.ops.matching import (BACKGROUND, FOREGROUND, IGNORE, MatchResult, match_boxes, match_fast_rcnn,
-                                 match_rpn)
-from jaxdet.ops.sampling import sample_balanced, sample_fast_rcnn, sample_rpn
+                                 match_rpn, match_ssd)
+from jaxdet.ops.sampling import hard_negative_mining, sample_balanced, sample_fast_rcnn, sample_rpn
 from jaxdet.ops.nms import batched_nms, nms
 from jaxdet.ops.soft_nms import soft_nms
 from jaxdet.ops.softer_nms import variance_voting

@@ -3,6 +3,7 @@
 Labels follow torchvision / detectron2: 1 foreground, 0 background, -1 ignored (no loss). Presets:
   RPN (Faster R-CNN sec. 3.1.2): fg IoU >= 0.7, bg IoU < 0.3, each ground truth's best anchor(s) forced fg.
   Fast R-CNN (sec. 2.3): fg IoU >= 0.5, bg IoU in [0.1, 0.5); below 0.1 ignored.
+  SSD (Liu et al. 2016, sec. 2.2): each ground truth's best prior forced fg, then fg IoU > 0.5, the rest bg.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def _intersection_over_first(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def match_boxes(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *, fg_threshold: float,
                 bg_threshold: float | None = None, bg_low_threshold: float = 0.0,
-                allow_low_quality_matches: bool = False, gt_crowd: jax.Array | None = None,
-                crowd_ioa_threshold: float = 0.5) -> MatchResult:
+                allow_low_quality_matches: bool = False, force_best_match: bool = False,
+                gt_crowd: jax.Array | None = None, crowd_ioa_threshold: float = 0.5) -> MatchResult:
   """Returns a `MatchResult` labelling each anchor against padded ground truth by IoU thresholds.
 
   An anchor is foreground when its highest IoU with a valid, non-crowd ground truth is >= `fg_threshold`,
@@ -55,6 +56,11 @@ def match_boxes(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
   `allow_low_quality_matches`, every anchor whose IoU with some ground truth equals that ground truth's highest IoU
   (ties included, IoU > 0) becomes foreground, matched to its own best ground truth (torchvision's `Matcher`;
   differs in requiring IoU > 0, where torchvision would also promote anchors of a ground truth no anchor overlaps).
+  With `force_best_match` (SSD's first matching step, after MultiBox), each valid, non-crowd ground truth's single
+  best anchor (the lowest index among ties; IoU > 0) becomes foreground matched to *that* ground truth, even when
+  the anchor overlaps another ground truth more; an anchor that is the best of several ground truths takes the one
+  it overlaps most (the lowest index among ties). ssd.pytorch's `match` gives such an anchor to the ground truth
+  listed last, torchvision's `SSDMatcher` to whichever its scatter writes last.
   Anchors covered by a crowd region (intersection / anchor area >= `crowd_ioa_threshold`) that are not
   foreground are ignored rather than trained as background; crowd boxes are never matched. Degenerate anchors are
   ignored. With no valid ground truth every valid anchor is background (when `bg_low_threshold` <= 0).
@@ -67,6 +73,7 @@ def match_boxes(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
     bg_threshold: IoU below which an anchor is background (default: `fg_threshold`, no ignore band).
     bg_low_threshold: IoU below which an anchor is ignored instead of background (Fast R-CNN: 0.1).
     allow_low_quality_matches: force each ground truth's best anchors to foreground (RPN).
+    force_best_match: force each ground truth's one best anchor to foreground, matched to it (SSD).
     gt_crowd: optional bool `[M]`, COCO `iscrowd` flags.
     crowd_ioa_threshold: coverage by a crowd region above which a non-foreground anchor is ignored.
   """
@@ -87,6 +94,16 @@ def match_boxes(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
     best_per_gt = jnp.max(iou, axis=0)
     is_best = (iou == best_per_gt[None, :]) & (best_per_gt[None, :] > 0) & matchable[None, :]
     labels = jnp.where(jnp.any(is_best, axis=1), FOREGROUND, labels)
+  if force_best_match:
+    # Unmatchable columns (padding, crowd, degenerate) hold -1, so a positive best IoU means a matchable truth.
+    best_anchor = jnp.argmax(iou, axis=0)
+    forcing = jnp.max(iou, axis=0) > 0
+    forced = (best_anchor[None, :] == jnp.arange(iou.shape[0])[:, None]) & forcing[None, :]  # [N, M]
+    forced_iou = jnp.where(forced, iou, -1.0)
+    is_forced = jnp.any(forced, axis=1)
+    matched_gt = jnp.where(is_forced, jnp.argmax(forced_iou, axis=1).astype(jnp.int32), matched_gt)
+    max_iou = jnp.where(is_forced, jnp.max(forced_iou, axis=1), max_iou)
+    labels = jnp.where(is_forced, FOREGROUND, labels)
   if gt_crowd is not None:
     ioa = _intersection_over_first(anchors, jnp.where(gt_valid[:, None], gt_boxes, 0.0))
     covered = jnp.any((ioa >= crowd_ioa_threshold) & (gt_valid & crowd)[None, :], axis=1)
@@ -109,3 +126,15 @@ def match_fast_rcnn(proposals: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Arr
   `proposals [N, 4]`, `gt_boxes [M, 4]` xyxy pixels; `gt_valid`, `gt_crowd` bool `[M]`; results `[N]`."""
   return match_boxes(proposals, gt_boxes, gt_valid, fg_threshold=0.5, bg_threshold=0.5, bg_low_threshold=0.1,
                      gt_crowd=gt_crowd)
+
+
+def match_ssd(priors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, gt_crowd: jax.Array | None = None, *,
+              threshold: float = 0.5) -> MatchResult:
+  """Returns SSD's `MatchResult` (Liu et al. 2016, sec. 2.2): each ground truth's best prior forced fg and matched
+  to it, then every other prior fg when its best IoU is at least `threshold` (0.5), the rest bg (no ignore band).
+
+  The paper says "higher than 0.5"; ssd.pytorch and torchvision's `SSDMatcher` make IoU = 0.5 foreground, as here.
+  `priors [N, 4]`, `gt_boxes [M, 4]` xyxy pixels; `gt_valid`, `gt_crowd` bool `[M]`; results `[N]`.
+  """
+  return match_boxes(priors, gt_boxes, gt_valid, fg_threshold=threshold, bg_threshold=threshold,
+                     force_best_match=True, gt_crowd=gt_crowd)

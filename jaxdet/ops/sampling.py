@@ -1,4 +1,4 @@
-"""Fixed-size balanced sampling of foreground and background anchors / RoIs for the loss."""
+"""Fixed-size sampling of the anchors / RoIs that carry a loss: balanced random sampling, hard negative mining."""
 
 from __future__ import annotations
 
@@ -44,3 +44,23 @@ def sample_rpn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
 def sample_fast_rcnn(labels: jax.Array, *, key: jax.Array) -> jax.Array:
   """Returns bool `[N]`: one image's Fast R-CNN minibatch of `labels [N]`, 128 RoIs, up to a quarter foreground."""
   return sample_balanced(labels, key=key, num_samples=128, positive_fraction=0.25)
+
+
+def hard_negative_mining(losses: jax.Array, labels: jax.Array, *, negative_ratio: float = 3.0) -> jax.Array:
+  """Returns bool `[N]`: one image's hardest background entries, `negative_ratio` per foreground entry.
+
+  SSD's hard negative mining (Liu et al. 2016, sec. 2.2): background (label 0) entries are ranked by their
+  confidence `losses [N]` (highest first; equal losses by lower index, so the choice is deterministic) and the first
+  `min(floor(negative_ratio * num_foreground), num_background)` are kept, so that negatives : positives is 3 : 1
+  whenever the image has enough background. Ignored entries (-1) are never chosen. An image without foreground gets
+  no negatives, as in the paper's Caffe code, ssd.pytorch and torchvision's `SSD` (such an image adds no loss).
+  Fixed shapes and no gradient through the ranking: jit and vmap over images.
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  negative = labels == BACKGROUND
+  num_negative = jnp.minimum(jnp.floor(negative_ratio * jnp.sum(labels == FOREGROUND)).astype(jnp.int32),
+                             jnp.sum(negative))
+  key = jnp.where(negative, jax.lax.stop_gradient(jnp.asarray(losses, jnp.float32)), -jnp.inf)
+  order = jnp.argsort(-key, stable=True)
+  rank = jnp.zeros(labels.shape, jnp.int32).at[order].set(jnp.arange(labels.shape[0], dtype=jnp.int32))
+  return negative & (rank < num_negative)

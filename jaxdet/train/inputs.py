@@ -9,7 +9,9 @@ import jax
 
 from jaxdet.data.loader import Loader, make_loader
 from jaxdet.data.source import DetectionSource
-from jaxdet.data.transforms import Augment
+from jaxdet.data.transforms import Augment, SSDAugment
+
+PIPELINES = {"centernet": Augment, "ssd": SSDAugment}  # config.data.pipeline -> the options of its augmentation
 
 
 def build_source(config: Any, split: str) -> DetectionSource:
@@ -59,14 +61,25 @@ def _per_host(global_batch: int, what: str) -> int:
   return global_batch // hosts
 
 
+def train_augment(config: Any) -> Augment | SSDAugment:
+  """Returns the training augmentation of `config.data`: `config.data.pipeline` names it ("centernet", the
+  default: `Augment`; "ssd": `SSDAugment`) and `config.data.augment` holds its options."""
+  data = config.data
+  pipeline = data.get("pipeline", "centernet")
+  if pipeline not in PIPELINES:
+    raise ValueError(f"config.data.pipeline must be one of {sorted(PIPELINES)}, got {pipeline!r}")
+  options = dict(data.get("augment", {}))
+  if pipeline == "centernet":
+    scale_range = options.get("scale_range")
+    if scale_range is not None and (len(scale_range) == 0 or None in tuple(scale_range)):
+      options["scale_range"] = None  # `--config.data.augment.scale_range=()` (or None): letterbox, no scale + crop
+  return PIPELINES[pipeline](**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
 def train_loader(config: Any, source: DetectionSource) -> Loader:
   """Returns this host's training loader: `config.batch_size` is the global batch over all hosts."""
   data = config.data
-  options = dict(data.get("augment", {}))
-  scale_range = options.get("scale_range")
-  if scale_range is not None and (len(scale_range) == 0 or None in tuple(scale_range)):
-    options["scale_range"] = None  # `--config.data.augment.scale_range=()` (or None): letterbox, no scale + crop
-  augment = Augment(**options)
+  augment = train_augment(config)
   return make_loader(source, batch_size=_per_host(config.batch_size, "config.batch_size"),
                      image_size=data.image_size, train=True, max_boxes=data.max_boxes, seed=config.seed,
                      augment=augment, mosaic_prob=data.get("mosaic_prob", 0.0),

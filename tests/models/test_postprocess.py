@@ -84,3 +84,37 @@ def test_select_detections_rejects_bad_level_sizes():
   boxes, scores = random_case(0)
   with pytest.raises(ValueError, match="level_sizes"):
     select_detections(jnp.asarray(boxes)[None], jnp.asarray(scores)[None], level_sizes=(10, 10))
+
+
+def per_class_reference(boxes, scores, level_sizes, k, thr, iou, max_det, image_shape):
+  """NumPy, SSD's order: per level and class the k best anchors (ties by lower index), then thresholds and NMS."""
+  cands = []
+  start = 0
+  for size in level_sizes:
+    for c in range(scores.shape[1]):
+      column = scores[start:start + size, c]
+      cands += [(column[i], start + i, c) for i in np.argsort(-column, kind="stable")[:k]]
+    start += size
+  s = np.array([x[0] for x in cands], np.float32)
+  a = np.array([x[1] for x in cands])
+  c = np.array([x[2] for x in cands])
+  b = np.clip(boxes[a], 0, [image_shape[1], image_shape[0]] * 2).astype(np.float32)
+  s = np.where((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]), s, -np.inf).astype(np.float32)
+  keep = greedy_nms(b, s, iou, classes=c, score_threshold=thr)[:max_det]
+  return b[keep], s[keep], c[keep]
+
+
+@pytest.mark.parametrize("levels", [(60,), (36, 16, 8)])
+@pytest.mark.parametrize("seed", range(3))
+def test_per_class_candidates_match_numpy(seed, levels):
+  boxes, scores = random_case(seed)
+  scores[:, 0] *= 0.3  # a weak class, so the per-class quota differs from the best pairs overall
+  dets = select_detections(jnp.asarray(boxes)[None], jnp.asarray(scores)[None], level_sizes=levels,
+                           candidates_per_level=6, per_class=True, score_threshold=0.1, iou_threshold=0.45,
+                           max_detections=60, image_shape=(80, 90))
+  b, s, c = per_class_reference(boxes, scores, levels, 6, 0.1, 0.45, 60, (80, 90))
+  n = len(s)
+  assert int(dets.valid.sum()) == n < 60 and 0 in c.tolist()
+  np.testing.assert_allclose(dets.boxes[0, :n], b, rtol=1e-6)
+  np.testing.assert_allclose(dets.scores[0, :n], s)
+  np.testing.assert_array_equal(dets.classes[0, :n], c)
