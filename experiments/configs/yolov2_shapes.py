@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.image_size = 128  # evaluation (and initialisation) size
   c.data.max_boxes = 16
   c.data.mosaic_prob = 0.0
-  c.data.multiscale_sizes = (96, 128, 160)
+  c.data.multiscale_sizes = (96, 112, 128, 144, 160)
   c.data.multiscale_period = 10
   c.data.worker_count = 0
   c.data.eval_resize = "letterbox"
@@ -38,11 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "yolov2"
-  c.model.width = 8
-  c.model.output_stride = 32
+  c.model.width = 10
+  c.model.output_stride = 16
   c.model.batch_norm = True
   c.model.passthrough = True
-  c.model.anchors = ((1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (4.0, 4.0), (5.0, 5.0))
+  c.model.anchors = ((0.8177, 0.8297), (1.8548, 1.6711), (2.4317, 3.5647), (4.7735, 3.3168), (6.5437, 6.7757))
   c.model.coord_scale = 1.0
   c.model.object_scale = 5.0
   c.model.noobject_scale = 1.0

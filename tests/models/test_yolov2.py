@@ -83,7 +83,8 @@ def loss_np(raw, boxes, labels, valid, crowd, levels, *, image, seen=0, thresh=0
                                              (t[2] - tw) ** 2 + (t[3] - th) ** 2)
             terms["obj"] += 0.5 * obj * (to - iou_np(pred, boxes[resp[n]])) ** 2
             logits = t[5:]
-            terms["class_"] += cls * (np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[labels[resp[n]]])
+            log_z = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max()
+            terms["class_"] += cls * (log_z - logits[labels[resp[n]]])
           else:
             best = max([iou_np(pred, b) for b in truths], default=0.0)
             if best <= thresh:
