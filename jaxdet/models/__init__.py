@@ -14,6 +14,8 @@ from jaxdet.models.detectors.kl_rcnn import build_faster_rcnn_kl
 from jaxdet.models.detectors.rcnn import build_rcnn
 from jaxdet.models.detectors.retinanet import build_retinanet
 from jaxdet.models.detectors.ssd import build_ssd
+from jaxdet.models.detectors.yolov1 import build_yolov1
+from jaxdet.models.detectors.yolov2 import build_yolov2
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
@@ -25,6 +27,8 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "rcnn": build_rcnn,
     "retinanet": build_retinanet,
     "ssd": build_ssd,
+    "yolov1": build_yolov1,
+    "yolov2": build_yolov2,
 }
 
 

@@ -1,0 +1,64 @@
+"""YOLOv1 (the 24-convolution network with its fully connected head) from scratch on the `shapes` set.
+
+  python experiments/train.py --config=experiments/configs/yolov1_shapes.py --workdir=runs/yolov1_shapes
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 3440
+  c.batch_size = 16  # global, over every device and host
+  c.eval_batch_size = 64
+  c.log_every = 50
+  c.eval_every = 1720
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 2
+  c.flip_test = False
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "shapes"
+  c.data.shapes_config = "default"
+  c.data.data_dir = ""
+  c.data.root = ""
+  c.data.tfds_name = ""
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 128
+  c.data.max_boxes = 16
+  c.data.mosaic_prob = 0.0
+  c.data.multiscale_sizes = ()  # the fully connected head fixes the input size
+  c.data.multiscale_period = 10
+  c.data.worker_count = 0
+  c.data.eval_resize = "letterbox"
+  c.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, scale_range=(), brightness=0.0, contrast=0.0,
+                                                  saturation=0.0, hue=0.0, lighting=0.0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "yolov1"
+  c.model.width = 12
+  c.model.output_stride = 16
+  c.model.fast = False
+  c.model.batch_norm = True
+  c.model.boxes_per_cell = 2
+  c.model.hidden = 512
+  c.model.dropout = 0.5
+  c.model.coord_weight = 5.0
+  c.model.noobj_weight = 0.5
+  c.model.score_threshold = 0.005
+  c.model.iou_threshold = 0.5
+  c.model.max_detections = 100
+  c.model.dtype = "float32"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "adam"
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = "step"
+  c.optim.decay_fractions = (0.7, 0.9)
+  c.optim.decay_factor = 0.1
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 10.0
+  return c

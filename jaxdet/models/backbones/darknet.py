@@ -1,0 +1,156 @@
+"""The Darknet backbones of the YOLO family in Flax, NHWC: YOLOv1's 24-convolution network, Fast YOLO's, and
+Darknet-19 (YOLOv2). Every layer is a convolution, optional batch norm and leaky ReLU 0.1 (`ConvBNLeaky`), the
+unit Darknet-53 and the CSP variants are built from as well.
+
+`width` scales every layer's channels from the reference's (64 first-layer channels for YOLOv1, 32 for Darknet-19)
+so that the networks train from scratch on a CPU. `output_stride` removes the last downsampling steps (a max pool
+or YOLOv1's strided convolution becomes the identity / stride 1) so that a small image still gives a useful grid:
+on 128 x 128 images the reference strides (64 for YOLOv1, 32 for Darknet-19) leave 2 x 2 and 4 x 4 cells.
+Each backbone returns a dict `{stride: feature map}` holding the last map at every stride it reaches, so a detector
+picks YOLOv2's passthrough source as `features[output_stride // 2]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# A layer is (channels at width 64 -- YOLOv1 -- or 32 -- Darknet-19, kernel, stride) or "M" (2x2 max pool).
+# YOLOv1 (Redmon et al. 2016, Figure 3): 24 convolutions; its last downsampling is the strided 3x3 convolution.
+YOLOV1_LAYERS = (
+    (64, 7, 2), "M", (192, 3, 1), "M",
+    (128, 1, 1), (256, 3, 1), (256, 1, 1), (512, 3, 1), "M",
+    *((256, 1, 1), (512, 3, 1)) * 4, (512, 1, 1), (1024, 3, 1), "M",
+    *((512, 1, 1), (1024, 3, 1)) * 2, (1024, 3, 1), (1024, 3, 2),
+    (1024, 3, 1), (1024, 3, 1),
+)
+# Fast YOLO as released (darknet `yolov1-tiny.cfg`): eight 3x3 convolutions and six max pools at width 16; the
+# paper's "9 layers" counts the fully connected output layer as well.
+FAST_YOLOV1_LAYERS = (
+    (16, 3, 1), "M", (32, 3, 1), "M", (64, 3, 1), "M", (128, 3, 1), "M", (256, 3, 1), "M", (512, 3, 1), "M",
+    (1024, 3, 1), (256, 3, 1),
+)
+# Darknet-19 (Redmon & Farhadi 2017, Table 6) without its 1x1 classifier: 18 convolutions, five max pools.
+DARKNET19_LAYERS = (
+    (32, 3, 1), "M", (64, 3, 1), "M",
+    (128, 3, 1), (64, 1, 1), (128, 3, 1), "M",
+    (256, 3, 1), (128, 1, 1), (256, 3, 1), "M",
+    (512, 3, 1), (256, 1, 1), (512, 3, 1), (256, 1, 1), (512, 3, 1), "M",
+    (1024, 3, 1), (512, 1, 1), (1024, 3, 1), (512, 1, 1), (1024, 3, 1),
+)
+
+
+class ConvBNLeaky(nn.Module):
+  """Returns `leaky_relu(bn(conv(x)), 0.1)`: Darknet's convolutional layer (batch norm optional, 'same' padding).
+
+  Without batch norm the convolution has a bias (YOLOv1 as published); with it, batch norm's offset replaces the
+  bias (YOLOv2 and Darknet's later configs).
+  """
+
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  batch_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    k = self.kernel_size
+    x = nn.Conv(self.features, (k, k), strides=self.strides, padding=k // 2, use_bias=not self.batch_norm,
+                dtype=self.dtype, name="conv")(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(x)
+    return nn.leaky_relu(x, 0.1)
+
+
+def _downsamplings(layers: Sequence[Any]) -> list[int]:
+  return [i for i, layer in enumerate(layers) if layer == "M" or layer[2] == 2]
+
+
+class DarknetStack(nn.Module):
+  """Returns `{stride: [B, H / stride, W / stride, C]}`, the last map at each stride of a plain Darknet stack.
+
+  Attributes:
+    layers: `YOLOV1_LAYERS`, `FAST_YOLOV1_LAYERS`, `DARKNET19_LAYERS` or another sequence of
+      `(channels, kernel, stride)` / "M".
+    width: first-layer channels; every layer's channels scale by `width / reference_width` (at least 1).
+    reference_width: the first layer's channels in `layers` (64, 16 or 32 for the three above).
+    output_stride: the total stride; downsampling steps beyond it, counted from the end, become stride 1.
+    batch_norm: batch norm after every convolution.
+  """
+
+  layers: Sequence[Any]
+  width: int
+  reference_width: int
+  output_stride: int
+  batch_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
+    downs = _downsamplings(self.layers)
+    full_stride = 2 ** len(downs)
+    if self.output_stride not in [2 ** k for k in range(len(downs) + 1)]:
+      raise ValueError(f"output_stride must be a power of 2 up to {full_stride}, got {self.output_stride}")
+    keep = set(downs[:len(downs) - (full_stride // self.output_stride).bit_length() + 1])
+    x = x.astype(self.dtype)
+    stride, features, conv = 1, {}, 0
+    for i, layer in enumerate(self.layers):
+      if layer == "M":
+        if i in keep:
+          features[stride] = x
+          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+          stride *= 2
+        continue
+      channels, kernel, layer_stride = layer
+      if layer_stride == 2 and i in keep:
+        features[stride] = x
+        stride *= 2
+      conv += 1
+      x = ConvBNLeaky(max(1, channels * self.width // self.reference_width), kernel,
+                      strides=layer_stride if i in keep else 1, batch_norm=self.batch_norm, dtype=self.dtype,
+                      name=f"conv{conv}")(x, train=train)
+    features[stride] = x
+    return features
+
+
+class YOLOv1Backbone(nn.Module):
+  """Returns `{stride: map}` of YOLOv1's 24-convolution network (or Fast YOLO's 8, `fast=True`), see `DarknetStack`.
+
+  `width` is the first layer's channels (64 in the paper, 16 in Fast YOLO); `output_stride` 64 is the paper's
+  (448 -> 7 x 7). `batch_norm` is off in the paper; it is the default here because the network is trained from
+  scratch in minutes rather than pretrained on ImageNet for a week.
+  """
+
+  width: int = 64
+  output_stride: int = 64
+  fast: bool = False
+  batch_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
+    layers, reference = (FAST_YOLOV1_LAYERS, 16) if self.fast else (YOLOV1_LAYERS, 64)
+    return DarknetStack(layers, width=self.width, reference_width=reference, output_stride=self.output_stride,
+                        batch_norm=self.batch_norm, dtype=self.dtype, name="stack")(x, train=train)
+
+
+class Darknet19(nn.Module):
+  """Returns `{stride: map}` of Darknet-19 (YOLOv2's backbone without its classifier), see `DarknetStack`.
+
+  `width` is the first layer's channels (32 in the paper, so the last stage has 32 x width); `output_stride` 32 is
+  the paper's (416 -> 13 x 13). The passthrough source is the map at `output_stride // 2`: conv5_5 (26 x 26 x 512
+  at 416) in the paper.
+  """
+
+  width: int = 32
+  output_stride: int = 32
+  batch_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
+    return DarknetStack(DARKNET19_LAYERS, width=self.width, reference_width=32, output_stride=self.output_stride,
+                        batch_norm=self.batch_norm, dtype=self.dtype, name="stack")(x, train=train)

@@ -1,0 +1,58 @@
+"""YOLO output layers: YOLOv1's fully connected grid predictor and the anchor-based 1x1 convolution of YOLOv2/v3.
+
+Output layouts (the arrays every YOLO target, loss and decoding function in jaxdet reads):
+- `YOLOv1Head` -> `{"boxes": [B, S, S, nb, 4], "confidence": [B, S, S, nb], "classes": [B, S, S, C]}`: per cell
+  (row i, column j) `nb` boxes `(x, y, sqrt w, sqrt h)` -- the centre relative to the cell, the size relative to
+  the image, what `encode_yolov1` writes -- their confidences, and one set of class probabilities. All linear, as
+  in the paper (darknet `yolov1.cfg`: `softmax=0`, `sqrt=1`).
+- `YOLOHead` -> `[B, H, W, A, 5 + C]`: per cell and anchor the raw `(tx, ty, tw, th, to)` and C class logits
+  (darknet's region-layer entry order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class YOLOv1Head(nn.Module):
+  """Returns YOLOv1's predictions (layout above) from features `[B, S, S, C']`: flatten, a fully connected layer of
+  `hidden` units with leaky ReLU 0.1 and dropout, and a linear layer of S x S x (5 nb + C) outputs.
+
+  The paper: `hidden` 4096, dropout 0.5 after the first connected layer; the grid S is the feature map's side
+  (7 x 7 at 448). Dropout draws from the `dropout` rng stream in training.
+  """
+
+  num_classes: int
+  boxes_per_cell: int = 2
+  hidden: int = 4096
+  dropout: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool) -> dict[str, jnp.ndarray]:
+    b, s_h, s_w, _ = x.shape
+    nb, c = self.boxes_per_cell, self.num_classes
+    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x.reshape(b, -1))
+    x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, 0.1))
+    x = nn.Dense(s_h * s_w * (5 * nb + c), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
+    x = x.reshape(b, s_h, s_w, 5 * nb + c)
+    per_box = x[..., :5 * nb].reshape(b, s_h, s_w, nb, 5)
+    return {"boxes": per_box[..., :4], "confidence": per_box[..., 4], "classes": x[..., 5 * nb:]}
+
+
+class YOLOHead(nn.Module):
+  """Returns `[B, H, W, A, 5 + C]` float32 raw predictions (layout above) from features `[B, H, W, C']`: one 1x1
+  convolution with bias, `A (5 + C)` channels (YOLOv2's last layer; one per scale in YOLOv3)."""
+
+  num_classes: int
+  num_anchors: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x) -> jnp.ndarray:
+    b, h, w, _ = x.shape
+    x = nn.Conv(self.num_anchors * (5 + self.num_classes), (1, 1), dtype=self.dtype, name="conv")(x)
+    return x.astype(jnp.float32).reshape(b, h, w, self.num_anchors, 5 + self.num_classes)

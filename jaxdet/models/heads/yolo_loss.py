@@ -1,0 +1,174 @@
+"""Targets, decoding and loss of anchor-based YOLO heads (YOLOv2's region layer; the pieces YOLOv3 shares).
+
+Predictions of every output scale are flattened and concatenated in (scale, row, column, anchor) order: N
+predictors per image, each with raw `(tx, ty, tw, th, to)` and class logits (`YOLOHead`'s layout). Anchors are
+given in input pixels per scale (YOLOv2's grid-unit priors times the stride).
+
+Assignment (`yolo_targets`, outputs-independent, on device): each object goes to the one predictor whose anchor
+has the best shape IoU with it (centres aligned; over the anchors of every scale, so in YOLOv3 the best anchor also
+picks the scale) in the cell of that scale holding its centre (darknet `bias_match=1`). Two objects on one
+predictor: the larger box wins (ties: the first listed) -- darknet lets the last one listed overwrite the others.
+The ignore rule (`best_truth_iou`) reads the predictions, so the loss applies it.
+
+The YOLOv2 loss (`yolo_loss`), as darknet's `region_layer.c` with yolo-voc.cfg computes its gradients
+(coord_scale 1, object_scale 5, noobject_scale 1, class_scale 1, thresh 0.6, rescore 1, softmax 1):
+- responsible predictors: coord_scale (2 - w h) [(sigma(tx) - x^)^2 + (sigma(ty) - y^)^2 + (tw - tw^)^2 +
+  (th - th^)^2] with w h the object's area as a fraction of the image; object_scale (sigma(to) - IoU)^2 with IoU
+  between the decoded prediction and the truth (no gradient through it); class_scale x softmax cross-entropy;
+- other predictors: noobject_scale sigma(to)^2, except where the best IoU of the decoded prediction with any truth
+  exceeds `ignore_threshold` (0.6); and, for the first `prior_images` images seen (12,800 in darknet), 0.01
+  [(sigma(tx) - 1/2)^2 + (sigma(ty) - 1/2)^2 + tw^2 + th^2], which pulls every box towards its anchor at the
+  cell centre while the responsible ones are still rare.
+Darknet writes gradients (deltas) rather than a loss; the squared terms carry a factor 1/2 here so that the loss's
+gradient equals darknet's delta for every term, the softmax one (delta = one-hot - p on the logits) included.
+The loss is summed over predictors and averaged over images (darknet divides its learning rate by the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.ops.boxes import box_area, clip_boxes, is_valid_box, xyxy_to_cxcywh
+from jaxdet.ops.coders import decode_yolo
+from jaxdet.ops.iou import elementwise_iou, pairwise_iou
+from jaxdet.ops.kmeans import wh_iou
+from jaxdet.ops.losses import softmax_cross_entropy
+
+
+def _shape_list(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Array]) -> list[int]:
+  return [h * w * a.shape[0] for (h, w), a in zip(grid_shapes, anchors, strict=True)]
+
+
+def yolo_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
+                 grid_shapes: Sequence[tuple[int, int]], strides: Sequence[int],
+                 anchors: Sequence[jax.Array]) -> dict[str, jax.Array]:
+  """Returns one image's anchor-based YOLO targets (vmap for a batch).
+
+  Args:
+    boxes: `[M, 4]` xyxy input pixels; labels: int `[M]`; valid, crowd: bool `[M]` (padded ground truth).
+    grid_shapes: (h, w) of each output scale; strides: its pixels per cell (the image is h * stride high).
+    anchors: per scale, `[A_s, 2]` anchor (w, h) in input pixels.
+
+  Returns a dict of (N = sum over scales of h w A_s, in the order of the module docstring)
+    positive `[N]` bool: the predictor is responsible for an object (1^obj).
+    box `[N, 4]` xyxy pixels of its object; offset `[N, 2]` the centre in its cell, in [0, 1];
+    log_wh `[N, 2]` (log(w / anchor w), log(h / anchor h)); label `[N]` int32; area `[N]` the object's
+    area as a fraction of the image's (the (2 - w h) scale's w h). Zeros where not positive.
+    truth `[M, 4]` the clipped boxes and truth_valid `[M]` the non-degenerate valid ones, crowd included: the
+    "any truth" of the ignore rule.
+  """
+  height, width = grid_shapes[0][0] * strides[0], grid_shapes[0][1] * strides[0]
+  boxes = jnp.asarray(boxes, jnp.float32)
+  finite = jnp.all(jnp.isfinite(boxes), axis=-1)
+  boxes = jnp.where(finite[:, None], clip_boxes(boxes, height=height, width=width), 0.0)
+  truth_valid = jnp.asarray(valid, bool) & is_valid_box(boxes)
+  positive = truth_valid & ~jnp.asarray(crowd, bool)
+  cxcywh = xyxy_to_cxcywh(jnp.where(positive[:, None], boxes, jnp.array([0.0, 0.0, 1.0, 1.0])))
+
+  all_anchors = jnp.concatenate([jnp.asarray(a, jnp.float32) for a in anchors], axis=0)  # [K, 2]
+  best = jnp.argmax(wh_iou(cxcywh[:, 2:], all_anchors), axis=1)  # [M], first of the best
+  index = jnp.zeros_like(best)
+  offset = jnp.zeros((boxes.shape[0], 2), jnp.float32)
+  first_anchor, first_pred = 0, 0
+  for (h, w), stride, a in zip(grid_shapes, strides, anchors, strict=True):
+    num = a.shape[0]
+    here = (best >= first_anchor) & (best < first_anchor + num)
+    grid = cxcywh[:, :2] / stride
+    col = jnp.clip(jnp.floor(grid[:, 0]), 0, w - 1)
+    row = jnp.clip(jnp.floor(grid[:, 1]), 0, h - 1)
+    flat = first_pred + ((row * w + col) * num + best - first_anchor).astype(best.dtype)
+    index = jnp.where(here, flat, index)
+    offset = jnp.where(here[:, None], grid - jnp.stack([col, row], axis=-1), offset)
+    first_anchor += num
+    first_pred += h * w * num
+  n = first_pred
+
+  holds = positive[:, None] & (index[:, None] == jnp.arange(n)[None, :])  # [M, N]
+  owner = jnp.argmax(jnp.where(holds, box_area(boxes)[:, None], -1.0), axis=0)  # first of the largest
+  has = jnp.any(holds, axis=0)
+  log_wh = jnp.log(cxcywh[:, 2:] / jnp.maximum(all_anchors[best], 1e-6))
+
+  def pick(x):
+    return jnp.where(has.reshape((-1,) + (1,) * (x.ndim - 1)), x[owner], 0)
+
+  return {"positive": has, "box": pick(boxes), "offset": pick(offset), "log_wh": pick(log_wh),
+          "label": pick(jnp.asarray(labels, jnp.int32)), "area": pick(box_area(boxes) / (height * width)),
+          "truth": boxes, "truth_valid": truth_valid}
+
+
+def yolo_cells(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Array]) -> jax.Array:
+  """Returns int32 `[N, 2]` (row, column) of every predictor, scales concatenated (module docstring order)."""
+  cells = []
+  for (h, w), a in zip(grid_shapes, anchors, strict=True):
+    rows, cols = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
+    rc = jnp.stack([rows, cols], axis=-1)[:, :, None, :]
+    cells.append(jnp.broadcast_to(rc, (h, w, a.shape[0], 2)).reshape(-1, 2))
+  return jnp.concatenate(cells).astype(jnp.int32)
+
+
+def decode_yolo_boxes(raw: jax.Array, *, grid_shapes: Sequence[tuple[int, int]], strides: Sequence[int],
+                      anchors: Sequence[jax.Array]) -> jax.Array:
+  """Returns `[..., N, 4]` xyxy input pixels of raw predictions `[..., N, >= 4]`: centre (sigma(t) + cell) x stride,
+  size anchor x exp(t) (`decode_yolo` at each scale; t_w, t_h clamped at log(1000 / 16))."""
+  cells = yolo_cells(grid_shapes, anchors)
+  anchor_wh = jnp.concatenate([jnp.broadcast_to(jnp.asarray(a, jnp.float32), (h * w, *a.shape)).reshape(-1, 2)
+                               for (h, w), a in zip(grid_shapes, anchors, strict=True)])
+  stride = jnp.concatenate([jnp.full((n,), s, jnp.float32)
+                            for n, s in zip(_shape_list(grid_shapes, anchors), strides, strict=True)])
+  return decode_yolo(raw[..., :4], anchor_wh, cells, stride=stride)
+
+
+def best_truth_iou(pred_boxes: jax.Array, truth: jax.Array, truth_valid: jax.Array) -> jax.Array:
+  """Returns `[..., N]`: each predicted box's best IoU with any valid truth (0 with none) -- the ignore rule's input.
+
+  pred_boxes `[..., N, 4]`, truth `[..., M, 4]` xyxy pixels, truth_valid bool `[..., M]`.
+  """
+  iou = pairwise_iou(pred_boxes, truth)
+  return jnp.max(jnp.where(truth_valid[..., None, :], iou, 0.0), axis=-1, initial=0.0)
+
+
+def yolo_loss(raw: jax.Array, targets: dict[str, jax.Array], *, grid_shapes: Sequence[tuple[int, int]],
+              strides: Sequence[int], anchors: Sequence[jax.Array], images_seen: jax.Array | int = 0,
+              coord_scale: float = 1.0, object_scale: float = 5.0, noobject_scale: float = 1.0,
+              class_scale: float = 1.0, ignore_threshold: float = 0.6, prior_images: int = 12800,
+              prior_scale: float = 0.01) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Returns `(loss, metrics)`: the YOLOv2 loss of the module docstring over a batch.
+
+  Args:
+    raw: `[B, N, 5 + C]` predictions, scales flattened and concatenated (module docstring).
+    targets: `yolo_targets`' output, batched.
+    grid_shapes, strides, anchors: as for `yolo_targets`.
+    images_seen: images trained on before this batch; the prior term applies while it is below `prior_images`
+      (0 turns the term off).
+  """
+  b = raw.shape[0]
+  sig_xy = jax.nn.sigmoid(raw[..., 0:2])
+  t_wh = raw[..., 2:4]
+  objectness = jax.nn.sigmoid(raw[..., 4])
+  pred_boxes = jax.lax.stop_gradient(decode_yolo_boxes(raw, grid_shapes=grid_shapes, strides=strides,
+                                                       anchors=anchors))
+  pos = targets["positive"]
+  iou = jax.lax.stop_gradient(elementwise_iou(pred_boxes, targets["box"]))
+  best = jax.lax.stop_gradient(best_truth_iou(pred_boxes, targets["truth"], targets["truth_valid"]))
+
+  where = lambda mask, x: jnp.sum(jnp.where(mask, x, 0.0))  # noqa: E731
+  coord_err = (jnp.sum(jnp.square(sig_xy - targets["offset"]), -1) + jnp.sum(jnp.square(t_wh - targets["log_wh"]), -1))
+  coord = 0.5 * coord_scale * where(pos, (2.0 - targets["area"]) * coord_err)
+  obj = 0.5 * object_scale * where(pos, jnp.square(objectness - iou))
+  ignored = ~pos & (best > ignore_threshold)
+  noobj = 0.5 * noobject_scale * where(~pos & ~ignored, jnp.square(objectness))
+  cls = class_scale * where(pos, softmax_cross_entropy(raw[..., 5:], targets["label"]))
+  prior_err = jnp.sum(jnp.square(sig_xy - 0.5), -1) + jnp.sum(jnp.square(t_wh), -1)
+  prior_on = jnp.asarray(images_seen) < prior_images
+  prior = jnp.where(prior_on, 0.5 * prior_scale * where(~pos, prior_err), 0.0)
+
+  terms = {"coord_loss": coord, "obj_loss": obj, "noobj_loss": noobj, "class_loss": cls, "prior_loss": prior}
+  terms = {k: v / b for k, v in terms.items()}
+  loss = sum(terms.values())
+  num_pos = jnp.sum(pos)
+  return loss, {"loss": loss, **terms, "num_objects": num_pos.astype(jnp.float32),
+                "mean_iou": where(pos, iou) / jnp.maximum(num_pos, 1),
+                "ignored_fraction": jnp.mean(ignored.astype(jnp.float32))}
