@@ -8,8 +8,8 @@ checkpoint is `RUNS/<config name>/seed<k>` (the results protocol's layout, selec
 the defined entries, as pycocotools' summary reads AP75 at t = 0.75), APs/m/l; per seed, and the mean +- half the
 range over the seeds. Writes `--out` (JSON, every number) and prints the markdown table.
 
-  python experiments/ablate_localization.py --runs=/work/runs --seeds=0,1 --split=test \
-      --out=/work/runs/localization_ablation.json [--variants=iounet_nms,iounet_guided] [--override=key=value ...]
+  python experiments/ablate_localization.py --runs=runs --seeds=0,1 --split=test \
+      --out=runs/localization_ablation.json [--variants=iounet_nms,iounet_guided] [--override=key=value ...]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ VARIANTS = {
 }
 COLUMNS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl")
 
-RUNS = flags.DEFINE_string("runs", "/work/runs", "Folder of the runs: RUNS/<config name>/seed<k>.")
+RUNS = flags.DEFINE_string("runs", "runs", "Folder of the runs: RUNS/<config name>/seed<k>.")
 SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds (run folders seed<k>).")
 SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
 CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "latest, best (by validation AP), or a step number.")

@@ -2,8 +2,8 @@
 decoding, NMS, fixed-size detections) on one batch of validation images, compilation timed apart.
 
   python experiments/bench/inference.py \
-      --runs=yolov1_shapes:/work/runs/yolov1_shapes/seed0,yolov2_shapes:/work/runs/yolov2_shapes/seed0,\
-centernet_shapes:/work/runs/centernet_shapes/seed0 --batch_size=64 --repeats=10
+      --runs=yolov1_shapes:runs/yolov1_shapes/seed0,yolov2_shapes:runs/yolov2_shapes/seed0,\
+centernet_shapes:runs/centernet_shapes/seed0 --batch_size=64 --repeats=10
 
 Each run is `CONFIG_NAME:WORKDIR` (its best checkpoint; `CONFIG_NAME:` alone uses freshly initialised weights, which
 change the NMS load). The detectors run in turn in this process on the same images (letterboxed validation images of

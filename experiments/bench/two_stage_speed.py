@@ -1,7 +1,7 @@
 """Test-time seconds per image of R-CNN, Fast R-CNN (with and without truncated SVD) and Faster R-CNN, one run.
 
-  python experiments/bench/two_stage_speed.py --rcnn_workdir=/work/runs/rcnn_shapes/seed0 \\
-      --fast_rcnn_workdir=/work/runs/fast_rcnn_shapes/seed0 --faster_rcnn_workdir=/work/runs/faster_rcnn_shapes/seed0
+  python experiments/bench/two_stage_speed.py --rcnn_workdir=runs/rcnn_shapes/seed0 \\
+      --fast_rcnn_workdir=runs/fast_rcnn_shapes/seed0 --faster_rcnn_workdir=runs/faster_rcnn_shapes/seed0
 
 For each detector (its shapes config, its checkpoint's weights — or freshly initialised ones where no work
 directory is given, which the table says), the jitted `predict_step` runs warm on the first `--images` images of

@@ -2,7 +2,7 @@
 MultiBox loss on the same outputs, and a tiny peer run that writes eval.py's files (slow).
 
 Skipped where torch / torchvision are not installed (the peer environment has them):
-`/work/peer-venv/bin/python -m pytest tests/experiments/test_peer_ssd.py`.
+`python -m pytest tests/experiments/test_peer_ssd.py`.
 """
 
 import json

@@ -2,7 +2,7 @@
 jaxdet batches as torchvision inputs, and a tiny peer run that writes eval.py's files (slow).
 
 Skipped where torch / torchvision are not installed (they are never jaxdet requirements; the peer environment has
-them): `/work/peer-venv/bin/python -m pytest tests/experiments/test_peers.py`.
+them): `python -m pytest tests/experiments/test_peers.py`.
 """
 
 import json
