@@ -206,15 +206,18 @@ def train_and_evaluate(model: torch.nn.Module, config: Any, workdir: str, *, spl
   return metrics
 
 
-def main(build: Callable[[Any, int], torch.nn.Module], name: str, *, label_offset: int = 0) -> None:
-  """The command line of a peer: `build(config, num_classes)` makes the torchvision detector."""
+def main(build: Callable[[Any, int], torch.nn.Module], name: str | Callable[[Any], str], *,
+         label_offset: int = 0) -> None:
+  """The command line of a peer: `build(config, num_classes)` makes the torchvision detector; `name` (or
+  `name(config)`, for a peer of several configs) names its default workdir."""
 
   def run(argv):
     del argv
     config = CONFIG.value
     if THREADS.value:
       torch.set_num_threads(THREADS.value)
-    workdir = WORKDIR.value or os.path.join("runs/peers", name, f"seed{config.seed}")
+    workdir = WORKDIR.value or os.path.join("runs/peers", name(config) if callable(name) else name,
+                                            f"seed{config.seed}")
     num_classes = inputs.build_source(config, config.data.train_split).num_classes
     model = build(config, num_classes)
     train_and_evaluate(model, config, workdir, split=SPLIT.value, label_offset=label_offset)
