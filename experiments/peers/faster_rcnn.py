@@ -23,8 +23,9 @@ Built from the config (`jaxdet.models.detectors.faster_rcnn`), for both of its l
 What stays torchvision's own: its losses (the same normalisation as jaxdet's, by the sampled anchors / RoIs of the
 batch, but the RoI box loss is smooth L1 with beta 1/9 where jaxdet's has beta 1), initialisation (He normal
 convolutions in the backbone, PyTorch's default for the FC layers; jaxdet uses Flax's LeCun normal), the minimum
-box sizes of 1e-3 px for proposals and 1e-2 px for detections (jaxdet drops only empty boxes), and an image without ground truth, whose proposals
-torchvision samples as background (jaxdet's matcher leaves them out: IoU 0 is below the background band).
+box sizes of 1e-3 px for proposals and 1e-2 px for detections (jaxdet drops only empty boxes), and an image
+without ground truth, whose proposals torchvision samples as background (jaxdet's matcher leaves them out: IoU 0 is
+below the background band).
 """
 
 from __future__ import annotations
