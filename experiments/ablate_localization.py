@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jaxdet.eval.coco import IOU_THRESHOLDS, CocoEvalResult  # noqa: E402
+from jaxdet.eval.coco import ap_at_iou  # noqa: E402
 from jaxdet.train import inputs  # noqa: E402
 from jaxdet.train.evaluate import evaluate_split, make_predict_fn  # noqa: E402
 from jaxdet.train.loop import build_model, restore_variables  # noqa: E402
@@ -61,14 +61,6 @@ OVERRIDES = flags.DEFINE_multi_string("override", [], "key=value applied to ever
                                       "literal when it is one.")
 OUT = flags.DEFINE_string("out", None, "JSON file for every number.")
 MARKDOWN = flags.DEFINE_string("markdown", None, "Optional file for the markdown table.")
-
-
-def ap_at_iou(result: CocoEvalResult, iou: float) -> float:
-  """Returns AP at one IoU threshold (area all, 100 detections), -1 when undefined: pycocotools' AP75 reading."""
-  (t,) = np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))
-  p = result.precision[t, :, :, 0, -1]
-  defined = p[p > -1]
-  return float(np.mean(defined)) if defined.size else -1.0
 
 
 def set_path(config: Any, key: str, value: Any) -> None:

@@ -3,7 +3,7 @@
 `python -m jaxdet.eval --ground-truth ann.json --detections results.json [--metric coco|voc|recall]` from a shell.
 """
 
-from jaxdet.eval.coco import (STAT_KEYS, CocoEvalResult, coco_evaluate, evaluate_coco, format_summary)
+from jaxdet.eval.coco import (STAT_KEYS, CocoEvalResult, ap_at_iou, coco_evaluate, evaluate_coco, format_summary)
 from jaxdet.eval.evaluator import CocoEvaluator
 from jaxdet.eval.inputs import parse_detections, parse_ground_truth, parse_proposals
 from jaxdet.eval.plots import plot_pr_curves, plot_recall_vs_iou

@@ -151,6 +151,17 @@ def _mean_defined(x: np.ndarray) -> float:
   return float(np.mean(defined)) if defined.size else -1.0
 
 
+def ap_at_iou(result: CocoEvalResult, iou: float) -> float:
+  """Returns AP at one of the 10 IoU thresholds (area all, 100 detections), -1 when undefined: the reading of
+  pycocotools' `summarize()` for AP50 / AP75, at any threshold (e.g. AP90 for localisation quality)."""
+  matches = np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))
+  if matches.size != 1:
+    raise ValueError(f"iou must be one of COCO's thresholds {IOU_THRESHOLDS.round(2).tolist()}, got {iou}")
+  p = result.precision[matches[0], :, :, 0, -1]
+  defined = p[p > -1]
+  return float(np.mean(defined)) if defined.size else -1.0
+
+
 def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
   """Returns the 12 `COCOeval.summarize()` numbers from accumulated precision `[T,R,K,A,M]` / recall `[T,K,A,M]`."""
   area_index = {name: i for i, name in enumerate(AREA_RANGES)}

@@ -26,8 +26,7 @@ STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs
 def test_ap_at_iou_reads_the_precision_array_as_pycocotools_summarizes():
   from pycocotools.coco import COCO
   from pycocotools.cocoeval import COCOeval
-  from experiments.ablate_localization import ap_at_iou
-  from jaxdet.eval.coco import evaluate_coco
+  from jaxdet.eval.coco import ap_at_iou, evaluate_coco
 
   rng = np.random.default_rng(0)
   images = [{"id": i, "width": 100, "height": 100} for i in range(6)]
@@ -60,6 +59,8 @@ def test_ap_at_iou_reads_the_precision_array_as_pycocotools_summarizes():
   assert len(set(np.round(list(want.values()), 6))) == 3
   for t, value in want.items():
     assert ap_at_iou(result, t) == pytest.approx(value, abs=1e-6)
+  with pytest.raises(ValueError, match="thresholds"):
+    ap_at_iou(result, 0.52)
 
 
 def run(script, *args, data_dir):
