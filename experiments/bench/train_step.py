@@ -29,7 +29,6 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

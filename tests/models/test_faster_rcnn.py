@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxdet.models import build_detector

@@ -3,7 +3,6 @@ NMS within a level, top-K over levels; fixed size, empty images, jit and vmap.""
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

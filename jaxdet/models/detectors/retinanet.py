@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.models.detector import Detections, Detector
+from jaxdet.models.detector import Detector
 from jaxdet.models.detectors.pyramid import (ResNetFPN, check_image_shape, check_num_rows, flatten_levels,
                                              pyramid_shapes)
 from jaxdet.models.heads.retinanet import RetinaNetHead
