@@ -14,13 +14,14 @@ the test AP, AP50, AP75, APs, APm, APl, AR100, the validation AP, training minut
 `--write_readme` also puts the table between `<!-- zoo:results:begin -->` and `<!-- zoo:results:end -->` in
 README.md. Rows are written `[NAME=]CONFIG[:KEY=VALUE ...]` (experiments/zoo_rows.py).
 
-Restarting the same command continues where it stopped: finished runs are not recomputed and an interrupted
-training resumes from its newest checkpoint. A run folder trained to its last step outside the zoo (train.py with
-the row's config and `--config.seed=k`) is adopted: its training time comes from its own records. A run folder trained with another resolved config is an error, not
-reused. The zoo does not know about code changes: use a new --workdir after a change that moves the numbers.
-`--table_only` writes the table from the finished runs without training. The console shows which run of how many,
-each run's progress bar and validation tables, warnings and errors, and a line with each run's result; a run's
-final tables go to RUN/stdout.txt, INFO records to WORKDIR/log.txt and RUN/log.txt (`--log_level=info` shows them).
+Restarting the same command continues where it stopped: finished runs are not recomputed and an interrupted training
+resumes from its newest checkpoint. A run folder trained to its last step outside the zoo (train.py with the row's
+config and `--config.seed=k`) is adopted: its training time comes from its own records. A run folder trained with
+another resolved config is an error, not reused. The zoo does not know about code changes: use a new --workdir after a
+change that moves the numbers. `--table_only` writes the table from the finished runs without training. The console
+shows which run of how many, each run's progress bar and validation tables, warnings and errors, and a line with each
+run's result; a run's final tables go to RUN/stdout.txt, INFO records to WORKDIR/log.txt and RUN/log.txt
+(`--log_level=info` shows them).
 """
 
 from __future__ import annotations

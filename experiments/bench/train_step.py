@@ -10,12 +10,13 @@ Implementations are timed in alternating rounds of `--steps` steps (the machine 
 the noise over all of them); the best round's images/s is reported with the median, and every ratio is
 jaxdet's time per step over the peer's.
 
-Both frameworks use the CPUs the process may run on: `taskset -c 0 python ...` compares them on one core, which
-is robust on a shared machine (with two threads each, a busy machine stalls PyTorch's OpenMP barriers far more
-than XLA's thread pool, and the comparison measures the neighbours). Variants: `jaxdet` (the library as it is), `flax-conv` (the same step with flax.linen's `nn.Conv` /
-`nn.ConvTranspose` patched in for jaxdet's layers, i.e. the layers before issue 13), `torch-eager` (NCHW),
-`torch-eager-cl` (channels_last), `torch-compile` (inductor; skipped with its error when it cannot build). Without
-torch only the jaxdet variants run. `--device=gpu` runs the same on the first accelerator (torch on CUDA).
+Both frameworks use the CPUs the process may run on: `taskset -c 0 python ...` compares them on one core, which is
+robust on a shared machine (with two threads each, a busy machine stalls PyTorch's OpenMP barriers far more than XLA's
+thread pool, and the comparison measures the neighbours). Variants: `jaxdet` (the library as it is), `flax-conv` (the
+same step with flax.linen's `nn.Conv` / `nn.ConvTranspose` patched in for jaxdet's layers, i.e. the layers before issue
+13), `torch-eager` (NCHW), `torch-eager-cl` (channels_last), `torch-compile` (inductor; skipped with its error when it
+cannot build). Without torch only the jaxdet variants run. `--device=gpu` runs the same on the first accelerator (torch
+on CUDA).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def main(argv):
   if _DEVICE.value == "cpu":
     jax.config.update("jax_platforms", "cpu")
   batch = synthetic_batch(_BATCH.value, _SIZE.value, config.data.max_boxes)
-  print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, {jax.devices()[0].device_kind} "
+  cpus = f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs"
+  print(f"{platform.processor() or platform.machine()}, {cpus}, {jax.devices()[0].device_kind} "
         f"({jax.devices()[0].platform}), jax {jax.__version__}; batch {_BATCH.value}, {_SIZE.value}^2, "
         f"{_STEPS.value} steps x {_ROUNDS.value} rounds, jaxdet dtype {_DTYPE.value}")
 

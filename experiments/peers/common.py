@@ -198,7 +198,8 @@ def train_and_evaluate(model: torch.nn.Module, config: Any, workdir: str, *, spl
   writer.close()
   # wall_seconds: the whole loop with its validation passes; images_per_second: loading + training steps only.
   summary = {"wall_seconds": train_seconds, "steps": config.total_steps, "batch_size": config.batch_size,
-             "images_per_second": timed_images / max(step_seconds, 1e-9), "best_step": best[1], "best_val_AP": best[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
+             "images_per_second": timed_images / max(step_seconds, 1e-9), "best_step": best[1],
+             "best_val_AP": best[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
   with open(os.path.join(workdir, "train_summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"best validation AP {best[0]:.4f} at step {best[1]}; {split}:")

@@ -16,7 +16,7 @@ from jaxdet.data.voc import VOC_CLASSES, VocSource
 __all__ = [
     "Augment", "BadInputError", "COCO_CATEGORY_IDS", "CocoSource", "DEFAULT_MULTISCALE_SIZES", "DetectionSource",
     "EXAMPLE_KEYS", "Example", "ListSource", "Loader", "SHAPES_CLASS_NAMES", "SSDAugment", "Shapes", "ShapesConfig",
-    "ShapesSource", "TfdsSource", "VOC_CLASSES", "VocSource", "draw_boxes", "eval_transform", "export_coco", "make_example",
-    "make_loader", "mosaic", "multiscale_size", "normalize_image", "prepare_shapes", "save_png", "ssd_train_transform",
-    "to_original_frame", "train_transform",
+    "ShapesSource", "TfdsSource", "VOC_CLASSES", "VocSource", "draw_boxes", "eval_transform", "export_coco",
+    "make_example", "make_loader", "mosaic", "multiscale_size", "normalize_image", "prepare_shapes", "save_png",
+    "ssd_train_transform", "to_original_frame", "train_transform",
 ]

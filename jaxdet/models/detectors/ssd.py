@@ -50,8 +50,8 @@ def priors_per_cell(aspect_ratios: Sequence[Sequence[float]]) -> tuple[int, ...]
 
 
 @functools.lru_cache(maxsize=16)
-def ssd_prior_boxes(image_size: int, *, extras: tuple[tuple[int, ...], ...], aspect_ratios: tuple[tuple[float, ...], ...],
-                    s_min: float, s_max: float) -> np.ndarray:
+def ssd_prior_boxes(image_size: int, *, extras: tuple[tuple[int, ...], ...],
+                    aspect_ratios: tuple[tuple[float, ...], ...], s_min: float, s_max: float) -> np.ndarray:
   """Returns float32 `[P, 4]` xyxy pixel priors of a square `image_size` input (NumPy: a constant under jit)."""
   sizes = ssd_feature_sizes(image_size, extras=extras)
   if len(sizes) != len(aspect_ratios):
