@@ -33,6 +33,7 @@ cross-entropies on the logits:
 - other predictors: BCE(to, 0), except where the best IoU of the decoded prediction with any truth exceeds
   `ignore_threshold` (0.5), over the predictions of every scale. No prior term.
 Scale factors (`coord_scale`, `object_scale`, `noobject_scale`, `class_scale`, all 1 in darknet) weight the terms.
+The x, y terms are cross-entropies against soft targets, so they bottom out at the targets' entropy, not at 0.
 """
 
 from __future__ import annotations
