@@ -1,5 +1,6 @@
-"""YOLOv1, YOLOv2 and YOLOv3 through the scripts: a brief training on the tiny shapes set, predict -> COCO results json ->
-pycocotools, equal to the evaluation train.py wrote (slow); the k-means anchor script's clusters, in grid cells (v2) and in pixels over three scales (v3) (fast)."""
+"""YOLOv1, YOLOv2 and YOLOv3 through the scripts: a brief training on the tiny shapes set, predict -> COCO results
+json -> pycocotools, equal to the evaluation train.py wrote (slow); the k-means anchor script's clusters, in grid
+cells (v2) and in pixels over three scales (v3) (fast)."""
 
 import json
 import os

@@ -1,6 +1,6 @@
 """The Darknet backbones of the YOLO family in Flax, NHWC: YOLOv1's 24-convolution network, Fast YOLO's,
-Darknet-19 (YOLOv2) and Darknet-53 (YOLOv3, residual). Every layer is a convolution, optional batch norm and leaky ReLU 0.1 (`ConvBNLeaky`), the
-unit Darknet-53 and the CSP variants are built from as well.
+Darknet-19 (YOLOv2) and Darknet-53 (YOLOv3, residual). Every layer is a convolution, optional batch norm and leaky
+ReLU 0.1 (`ConvBNLeaky`), the unit Darknet-53 and the CSP variants are built from as well.
 
 `width` scales every layer's channels from the reference's (64 first-layer channels for YOLOv1, 32 for Darknet-19)
 so that the networks train from scratch on a CPU (Darknet-53 also scales its depth, the residual blocks per stage).
