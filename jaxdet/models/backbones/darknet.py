@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # A layer is (channels at width 64 -- YOLOv1 -- or 32 -- Darknet-19, kernel, stride) or "M" (2x2 max pool).
@@ -43,17 +44,26 @@ DARKNET19_LAYERS = (
 )
 
 
+def mish(x: jax.Array) -> jax.Array:
+  """Returns `x tanh(softplus(x))` elementwise: Mish (Misra 2019), YOLOv4's backbone activation."""
+  return x * jnp.tanh(jax.nn.softplus(x))
+
+
+ACTIVATIONS = {"leaky": lambda x: nn.leaky_relu(x, 0.1), "mish": mish, "linear": lambda x: x}
+
+
 class ConvBNLeaky(nn.Module):
   """Returns `leaky_relu(bn(conv(x)), 0.1)`: Darknet's convolutional layer (batch norm optional, 'same' padding).
 
   Without batch norm the convolution has a bias (YOLOv1 as published); with it, batch norm's offset replaces the
-  bias (YOLOv2 and Darknet's later configs).
+  bias (YOLOv2 and Darknet's later configs). `activation` "mish" (CSPDarknet-53) or "linear" replaces the leaky ReLU.
   """
 
   features: int
   kernel_size: int = 3
   strides: int = 1
   batch_norm: bool = True
+  activation: str = "leaky"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -63,7 +73,9 @@ class ConvBNLeaky(nn.Module):
                 dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(x)
-    return nn.leaky_relu(x, 0.1)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+    return ACTIVATIONS[self.activation](x)
 
 
 def _downsamplings(layers: Sequence[Any]) -> list[int]:
