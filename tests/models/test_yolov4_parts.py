@@ -1,5 +1,5 @@
 """YOLOv4's building blocks: Mish and the point-wise SAM against NumPy, SPP's pooling against a NumPy loop,
-CSPDarknet-53's layer count, strides and cross-stage split."""
+CSPDarknet-53's layer count, strides and cross-stage split, the SPP + PAN neck's shapes and concatenations."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +9,7 @@ from jax.test_util import check_grads
 
 from jaxdet.models.backbones.cspdarknet import CSPDarknet53
 from jaxdet.models.backbones.darknet import ConvBNLeaky, mish
+from jaxdet.models.necks.pan import YOLOv4Neck
 from jaxdet.models.necks.sam import PointwiseAttention
 from jaxdet.models.necks.spp import SPP, max_pool_same
 
@@ -97,3 +98,22 @@ def test_cspdarknet53_layers_strides_and_split():
   assert out[32].shape == (1, 2, 3, 64) and bool(jnp.all(jnp.isfinite(out[32])))
   with pytest.raises(ValueError, match="five stages"):
     CSPDarknet53(depths=(1, 2, 8)).init(jax.random.PRNGKey(0), x, train=False)
+
+
+@pytest.mark.parametrize("spp", [True, False])
+def test_yolov4_neck_shapes_and_concatenations(spp):
+  x = jnp.zeros((1, 64, 96, 3))
+  backbone = CSPDarknet53(width=4, depths=(1, 1, 1, 1, 1))
+  bv = jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0), x, train=False))
+  feats = jax.eval_shape(lambda v: backbone.apply(v, x, train=False), bv)
+  neck = YOLOv4Neck(width=4, spp=spp)
+  nv = jax.eval_shape(lambda f: neck.init(jax.random.PRNGKey(0), f, train=False), feats)
+  out = jax.eval_shape(lambda v, f: neck.apply(v, f, train=False), nv, feats)
+  assert {s: f.shape for s, f in out.items()} == {8: (1, 8, 12, 32), 16: (1, 4, 6, 64), 32: (1, 2, 3, 128)}
+  p = nv["params"]  # c = 128: joins are concatenations, so each first convolution reads both inputs' channels
+  assert p["p5_post1"]["conv"]["kernel"].shape == (1, 1, 4 * 64 if spp else 64, 64)
+  assert p["n16_conv1"]["conv"]["kernel"].shape == (1, 1, 32 + 32, 32)  # lateral + upsampled
+  assert p["n8_conv1"]["conv"]["kernel"].shape == (1, 1, 16 + 16, 16)
+  assert p["m16_conv1"]["conv"]["kernel"].shape == (1, 1, 32 + 32, 32)  # downsampled N3 + N4
+  assert p["m32_conv1"]["conv"]["kernel"].shape == (1, 1, 64 + 64, 64)  # downsampled M4 + P5
+  assert p["m16_down"]["conv"]["kernel"].shape == (3, 3, 16, 32)
