@@ -1,10 +1,14 @@
-"""Prints YOLOv2's dimension clusters for a config: k-means (distance 1 - IoU) over the training boxes, in cells of
-the output grid, ready to paste into the config's `model.anchors`; with --check, verifies the config's anchors.
+"""Prints the YOLO dimension clusters for a config: k-means (distance 1 - IoU) over the training boxes, ready to
+paste into the config's `model.anchors`; with --check, verifies the config's anchors.
 
   python experiments/yolo_anchors.py --config=experiments/configs/yolov2_shapes.py [--k=5] [--check]
+  python experiments/yolo_anchors.py --config=experiments/configs/yolov3_shapes.py [--k=9] [--check]
 
-Boxes are taken in network-input pixels (each image letterboxed to `config.data.image_size`, as the loader does)
-and divided by `config.model.output_stride`. The clustering is `jaxdet.ops.kmeans_anchors` with a fixed key
+Boxes are taken in network-input pixels (each image letterboxed to `config.data.image_size`, as the loader does).
+YOLOv2's anchors are grid cells: the sizes are divided by `config.model.output_stride`. A config without an output
+stride (YOLOv3) keeps its anchors in pixels; they are listed sorted by area, and the script also shows which ones
+each output scale gets (equal groups, the smallest at the finest scale, as `split_anchors` does). `--k` defaults to
+the number of anchors the config has. The clustering is `jaxdet.ops.kmeans_anchors` with a fixed key
 (`--seed`), so the result is reproducible; it also prints the mean IoU of each box with its best anchor (YOLOv2's
 Table 1 metric) for these anchors and for the config's, when they differ.
 """
@@ -25,7 +29,8 @@ from jaxdet.data.source import DetectionSource  # noqa: E402
 from jaxdet.ops.kmeans import kmeans_anchors, wh_iou  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/NAME.py).")
-K = flags.DEFINE_integer("k", 5, "Number of anchors.")
+K = flags.DEFINE_integer("k", None, "Number of anchors (default: as many as config.model.anchors has, else 5).")
+SCALES = flags.DEFINE_integer("scales", 3, "Output scales the anchors are split over when they are in pixels.")
 SEED = flags.DEFINE_integer("seed", 0, "Key of the k-means initialisation.")
 CHECK = flags.DEFINE_bool("check", False, "Fail unless config.model.anchors equal the computed ones (to 1e-4).")
 
@@ -56,14 +61,19 @@ def main(argv):
   config = CONFIG.value
   from jaxdet.train import inputs  # pylint: disable=g-import-not-at-top
   source = inputs.build_source(config, config.data.train_split)
-  stride = config.model.output_stride
-  wh = training_box_sizes(source, config.data.image_size)
-  anchors, fit = dimension_clusters(wh, k=K.value, stride=stride, seed=SEED.value)
-  print(f"{len(wh)} training boxes of {config.data.get('shapes_config', config.data.name)}, "
-        f"input {config.data.image_size}, output stride {stride}")
-  print(f"k-means anchors (grid cells), mean best IoU {fit:.4f}:")
-  print("  " + repr(tuple(tuple(float(v) for v in a) for a in anchors)))
+  stride = config.model.get("output_stride", 1)  # 1: anchors in input pixels
   configured = np.asarray(config.model.get("anchors", ()), np.float64).reshape(-1, 2)
+  k = K.value or len(configured) or 5
+  wh = training_box_sizes(source, config.data.image_size)
+  anchors, fit = dimension_clusters(wh, k=k, stride=stride, seed=SEED.value)
+  unit = f"output stride {stride}" if stride != 1 else "anchors in input pixels"
+  print(f"{len(wh)} training boxes of {config.data.get('shapes_config', config.data.name)}, "
+        f"input {config.data.image_size}, {unit}")
+  print(f"k-means anchors ({'grid cells' if stride != 1 else 'pixels'}), mean best IoU {fit:.4f}:")
+  print("  " + repr(tuple(tuple(float(v) for v in a) for a in anchors)))
+  if stride == 1 and k % SCALES.value == 0:
+    for level, group in enumerate(np.split(anchors, SCALES.value)):
+      print(f"  scale {level} (finest first): {[tuple(float(v) for v in a) for a in group]}")
   if configured.size and not np.allclose(configured, anchors, atol=1e-4):
     print(f"config.model.anchors (mean best IoU {mean_best_iou(wh / stride, configured):.4f}) differ:")
     print("  " + repr(tuple(tuple(float(v) for v in a) for a in configured)))

@@ -16,6 +16,7 @@ from jaxdet.models.detectors.retinanet import build_retinanet
 from jaxdet.models.detectors.ssd import build_ssd
 from jaxdet.models.detectors.yolov1 import build_yolov1
 from jaxdet.models.detectors.yolov2 import build_yolov2
+from jaxdet.models.detectors.yolov3 import build_yolov3
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
@@ -29,6 +30,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "ssd": build_ssd,
     "yolov1": build_yolov1,
     "yolov2": build_yolov2,
+    "yolov3": build_yolov3,
 }
 
 

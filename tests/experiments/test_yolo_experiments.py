@@ -1,5 +1,6 @@
-"""YOLOv1 and YOLOv2 through the scripts: a brief training on the tiny shapes set, predict -> COCO results json ->
-pycocotools, equal to the evaluation train.py wrote (slow); the k-means anchor script's clusters (fast)."""
+"""YOLOv1, YOLOv2 and YOLOv3 through the scripts: a brief training on the tiny shapes set, predict -> COCO results
+json -> pycocotools, equal to the evaluation train.py wrote (slow); the k-means anchor script's clusters, in grid
+cells (v2) and in pixels over three scales (v3) (fast)."""
 
 import json
 import os
@@ -17,6 +18,8 @@ OVERRIDES = {
     "yolov1": ["--config.model.width=8", "--config.model.hidden=64", "--config.model.output_stride=16"],
     "yolov2": ["--config.model.width=4", "--config.model.output_stride=16", "--config.data.multiscale_sizes=(48,64)",
                "--config.data.multiscale_period=2"],
+    "yolov3": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(32,64)",
+               "--config.data.multiscale_period=2"],
 }
 
 
@@ -32,7 +35,7 @@ def run(script, config, workdir, *extra, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov1", "yolov2"])
+@pytest.mark.parametrize("name", ["yolov1", "yolov2", "yolov3"])
 def test_brief_training_then_predict_gives_results_pycocotools_scores_alike(name, shapes_data_dir, tmp_path):
   from pycocotools.coco import COCO
   from pycocotools.cocoeval import COCOeval
@@ -85,3 +88,18 @@ def test_anchor_script_is_reproducible_and_is_kmeans_of_the_training_boxes(shape
   assert repr(tuple(tuple(float(v) for v in a) for a in anchors)) in result.stdout
   with pytest.raises(AssertionError):  # --check fails: the default config's anchors are for the default set
     run("yolo_anchors", "yolov2", None, "--config.data.shapes_config=tiny", "--check", data_dir=shapes_data_dir)
+
+
+def test_anchor_script_clusters_yolov3_anchors_in_pixels_over_three_scales(shapes_data_dir):
+  sys.path.insert(0, ROOT)
+  from experiments.yolo_anchors import dimension_clusters, training_box_sizes
+  from jaxdet.data.shapes import ShapesSource
+
+  wh = training_box_sizes(ShapesSource("train", config="tiny", data_dir=shapes_data_dir), 128)
+  anchors, _ = dimension_clusters(wh, k=9, stride=1)  # pixels: the config has no output stride
+  result = run("yolo_anchors", "yolov3", None, "--config.data.shapes_config=tiny", data_dir=shapes_data_dir)
+  assert "anchors in input pixels" in result.stdout
+  assert repr(tuple(tuple(float(v) for v in a) for a in anchors)) in result.stdout  # k = the config's 9
+  for level in range(3):
+    assert f"scale {level} (finest first): {[tuple(float(v) for v in a) for a in anchors[3 * level:3 * level + 3]]}" \
+        in result.stdout

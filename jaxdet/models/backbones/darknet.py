@@ -1,9 +1,10 @@
-"""The Darknet backbones of the YOLO family in Flax, NHWC: YOLOv1's 24-convolution network, Fast YOLO's, and
-Darknet-19 (YOLOv2). Every layer is a convolution, optional batch norm and leaky ReLU 0.1 (`ConvBNLeaky`), the
-unit Darknet-53 and the CSP variants are built from as well.
+"""The Darknet backbones of the YOLO family in Flax, NHWC: YOLOv1's 24-convolution network, Fast YOLO's,
+Darknet-19 (YOLOv2) and Darknet-53 (YOLOv3, residual). Every layer is a convolution, optional batch norm and leaky
+ReLU 0.1 (`ConvBNLeaky`), the unit Darknet-53 and the CSP variants are built from as well.
 
 `width` scales every layer's channels from the reference's (64 first-layer channels for YOLOv1, 32 for Darknet-19)
-so that the networks train from scratch on a CPU. `output_stride` removes the last downsampling steps (a max pool
+so that the networks train from scratch on a CPU (Darknet-53 also scales its depth, the residual blocks per stage).
+`output_stride` removes the last downsampling steps (a max pool
 or YOLOv1's strided convolution becomes the identity / stride 1) so that a small image still gives a useful grid:
 on 128 x 128 images the reference strides (64 for YOLOv1, 32 for Darknet-19) leave 2 x 2 and 4 x 4 cells.
 Each backbone returns a dict `{stride: feature map}` holding the last map at every stride it reaches, so a detector
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # A layer is (channels at width 64 -- YOLOv1 -- or 32 -- Darknet-19, kernel, stride) or "M" (2x2 max pool).
@@ -42,17 +44,26 @@ DARKNET19_LAYERS = (
 )
 
 
+def mish(x: jax.Array) -> jax.Array:
+  """Returns `x tanh(softplus(x))` elementwise: Mish (Misra 2019), YOLOv4's backbone activation."""
+  return x * jnp.tanh(jax.nn.softplus(x))
+
+
+ACTIVATIONS = {"leaky": lambda x: nn.leaky_relu(x, 0.1), "mish": mish, "linear": lambda x: x}
+
+
 class ConvBNLeaky(nn.Module):
   """Returns `leaky_relu(bn(conv(x)), 0.1)`: Darknet's convolutional layer (batch norm optional, 'same' padding).
 
   Without batch norm the convolution has a bias (YOLOv1 as published); with it, batch norm's offset replaces the
-  bias (YOLOv2 and Darknet's later configs).
+  bias (YOLOv2 and Darknet's later configs). `activation` "mish" (CSPDarknet-53) or "linear" replaces the leaky ReLU.
   """
 
   features: int
   kernel_size: int = 3
   strides: int = 1
   batch_norm: bool = True
+  activation: str = "leaky"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -62,7 +73,9 @@ class ConvBNLeaky(nn.Module):
                 dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(x)
-    return nn.leaky_relu(x, 0.1)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+    return ACTIVATIONS[self.activation](x)
 
 
 def _downsamplings(layers: Sequence[Any]) -> list[int]:
@@ -154,3 +167,51 @@ class Darknet19(nn.Module):
   def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
     return DarknetStack(DARKNET19_LAYERS, width=self.width, reference_width=32, output_stride=self.output_stride,
                         batch_norm=self.batch_norm, dtype=self.dtype, name="stack")(x, train=train)
+
+
+# Darknet-53 (Redmon & Farhadi 2018, Table 1): a 3x3 convolution of 32 channels, then five stages, each a strided
+# 3x3 convolution doubling the channels followed by residual blocks; the blocks per stage.
+DARKNET53_DEPTHS = (1, 2, 8, 8, 4)
+
+
+class DarknetResidual(nn.Module):
+  """Returns `x + conv3x3(conv1x1(x))`: Darknet-53's residual block (1x1 halving the channels, 3x3 restoring them,
+  each `ConvBNLeaky`; darknet's `shortcut` layer adds after the activation, linear)."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    y = ConvBNLeaky(max(1, self.features // 2), 1, dtype=self.dtype, name="reduce")(x, train=train)
+    return x + ConvBNLeaky(self.features, 3, dtype=self.dtype, name="expand")(y, train=train)
+
+
+class Darknet53(nn.Module):
+  """Returns `{stride: [B, H / stride, W / stride, C]}` for strides 1, 2, ..., 32: Darknet-53 without its classifier
+  (the last map at each stride; YOLOv3 reads strides 8, 16 and 32: 4, 8 and 16 x `width` channels, 256, 512, 1024
+  in the paper).
+
+  Attributes:
+    width: the first layer's channels (32 in the paper); stage k (stride 2^k) has 2^k x width.
+    depths: residual blocks of the five stages (`DARKNET53_DEPTHS`, 1 + 2 + 8 + 8 + 4 blocks: with the six other
+      convolutions and the classifier, the paper's 53 layers).
+  """
+
+  width: int = 32
+  depths: Sequence[int] = DARKNET53_DEPTHS
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
+    if len(self.depths) != 5 or min(self.depths) < 0:
+      raise ValueError(f"Darknet-53 has five stages: depths must be 5 non-negative counts, got {self.depths}")
+    x = ConvBNLeaky(self.width, 3, dtype=self.dtype, name="stem")(x.astype(self.dtype), train=train)
+    features = {1: x}
+    for stage, depth in enumerate(self.depths, start=1):
+      channels = self.width * 2 ** stage
+      x = ConvBNLeaky(channels, 3, strides=2, dtype=self.dtype, name=f"down{stage}")(x, train=train)
+      for block in range(depth):
+        x = DarknetResidual(channels, dtype=self.dtype, name=f"stage{stage}_block{block + 1}")(x, train=train)
+      features[2 ** stage] = x
+    return features

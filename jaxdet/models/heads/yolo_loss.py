@@ -1,4 +1,4 @@
-"""Targets, decoding and loss of anchor-based YOLO heads (YOLOv2's region layer; the pieces YOLOv3 shares).
+"""Targets, decoding and losses of anchor-based YOLO heads: YOLOv2's region layer and YOLOv3's yolo layer.
 
 Predictions of every output scale are flattened and concatenated in (scale, row, column, anchor) order: N
 predictors per image, each with raw `(tx, ty, tw, th, to)` and class logits (`YOLOHead`'s layout). Anchors are
@@ -22,6 +22,18 @@ The YOLOv2 loss (`yolo_loss`), as darknet's `region_layer.c` with yolo-voc.cfg c
 Darknet writes gradients (deltas) rather than a loss; the squared terms carry a factor 1/2 here so that the loss's
 gradient equals darknet's delta for every term, the softmax one (delta = one-hot - p on the logits) included.
 The loss is summed over predictors and averaged over images (darknet divides its learning rate by the batch).
+
+The YOLOv3 loss (`yolov3_loss`), as darknet's `yolo_layer.c` with yolov3.cfg computes its gradients (ignore_thresh
+0.5, truth_thresh 1: off). The layer applies the logistic to x, y, objectness and classes in the forward pass but
+passes its deltas (target - sigma) straight to the raw outputs, which makes them the gradients of binary
+cross-entropies on the logits:
+- responsible predictors: (2 - w h) [BCE(tx, x^) + BCE(ty, y^) + ((tw - tw^)^2 + (th - th^)^2) / 2]; objectness
+  BCE(to, 1) (target 1, not the IoU as in YOLOv2); every class c: BCE(class logit c, [c = label]) -- independent
+  logistic classifiers instead of the softmax (multi-label data could set several);
+- other predictors: BCE(to, 0), except where the best IoU of the decoded prediction with any truth exceeds
+  `ignore_threshold` (0.5), over the predictions of every scale. No prior term.
+Scale factors (`coord_scale`, `object_scale`, `noobject_scale`, `class_scale`, all 1 in darknet) weight the terms.
+The x, y terms are cross-entropies against soft targets, so they bottom out at the targets' entropy, not at 0.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from jaxdet.ops.boxes import box_area, clip_boxes, is_valid_box, xyxy_to_cxcywh
 from jaxdet.ops.coders import decode_yolo
 from jaxdet.ops.iou import elementwise_iou, pairwise_iou
 from jaxdet.ops.kmeans import wh_iou
-from jaxdet.ops.losses import softmax_cross_entropy
+from jaxdet.ops.losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 
 
 def _shape_list(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Array]) -> list[int]:
@@ -169,6 +181,44 @@ def yolo_loss(raw: jax.Array, targets: dict[str, jax.Array], *, grid_shapes: Seq
   terms = {k: v / b for k, v in terms.items()}
   loss = sum(terms.values())
   num_pos = jnp.sum(pos)
+  return loss, {"loss": loss, **terms, "num_objects": num_pos.astype(jnp.float32),
+                "mean_iou": where(pos, iou) / jnp.maximum(num_pos, 1),
+                "ignored_fraction": jnp.mean(ignored.astype(jnp.float32))}
+
+
+def yolov3_loss(raw: jax.Array, targets: dict[str, jax.Array], *, grid_shapes: Sequence[tuple[int, int]],
+                strides: Sequence[int], anchors: Sequence[jax.Array], coord_scale: float = 1.0,
+                object_scale: float = 1.0, noobject_scale: float = 1.0, class_scale: float = 1.0,
+                ignore_threshold: float = 0.5) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Returns `(loss, metrics)`: the YOLOv3 loss of the module docstring over a batch, summed over predictors and
+  averaged over images.
+
+  Args:
+    raw: `[B, N, 5 + C]` predictions of every scale, flattened and concatenated (module docstring).
+    targets: `yolo_targets`' output for the same scales, batched.
+    grid_shapes, strides, anchors: as for `yolo_targets`.
+  """
+  b, _, depth = raw.shape
+  pred_boxes = jax.lax.stop_gradient(decode_yolo_boxes(raw, grid_shapes=grid_shapes, strides=strides,
+                                                       anchors=anchors))
+  pos = targets["positive"]
+  best = jax.lax.stop_gradient(best_truth_iou(pred_boxes, targets["truth"], targets["truth_valid"]))
+  ignored = ~pos & (best > ignore_threshold)
+
+  where = lambda mask, x: jnp.sum(jnp.where(mask, x, 0.0))  # noqa: E731
+  scale = coord_scale * (2.0 - targets["area"])
+  xy = where(pos, scale * jnp.sum(sigmoid_binary_cross_entropy(raw[..., 0:2], targets["offset"]), -1))
+  wh = where(pos, scale * 0.5 * jnp.sum(jnp.square(raw[..., 2:4] - targets["log_wh"]), -1))
+  obj = object_scale * where(pos, sigmoid_binary_cross_entropy(raw[..., 4], 1.0))
+  noobj = noobject_scale * where(~pos & ~ignored, sigmoid_binary_cross_entropy(raw[..., 4], 0.0))
+  one_hot = jax.nn.one_hot(targets["label"], depth - 5, dtype=jnp.float32)
+  cls = class_scale * where(pos, jnp.sum(sigmoid_binary_cross_entropy(raw[..., 5:], one_hot), -1))
+
+  terms = {"xy_loss": xy, "wh_loss": wh, "obj_loss": obj, "noobj_loss": noobj, "class_loss": cls}
+  terms = {k: v / b for k, v in terms.items()}
+  loss = sum(terms.values())
+  num_pos = jnp.sum(pos)
+  iou = elementwise_iou(pred_boxes, targets["box"])
   return loss, {"loss": loss, **terms, "num_objects": num_pos.astype(jnp.float32),
                 "mean_iou": where(pos, iou) / jnp.maximum(num_pos, 1),
                 "ignored_fraction": jnp.mean(ignored.astype(jnp.float32))}

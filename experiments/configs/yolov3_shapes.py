@@ -1,0 +1,72 @@
+"""YOLOv3 (Darknet-53 + upsample/concatenate to strides 32, 16, 8; nine k-means anchors, three per scale; logistic
+classes; multi-scale training) from scratch on the `shapes` set.
+
+  python experiments/train.py --config=experiments/configs/yolov3_shapes.py --workdir=runs/yolov3_shapes
+
+The anchors are `experiments/yolo_anchors.py --config=experiments/configs/yolov3_shapes.py` (pixels at 128 x 128).
+"""
+
+import ml_collections
+
+# k-means of the default set's training boxes (w, h pixels at 128 x 128), sorted by area: three per scale, the
+# smallest at stride 8 (experiments/yolo_anchors.py prints them grouped).
+ANCHORS = ((11.5146, 10.6774), (14.4626, 22.657), (27.5081, 16.6569),
+           (26.372, 36.7469), (51.5635, 31.9808), (40.0581, 62.7468),
+           (85.7256, 54.7849), (61.9827, 101.3249), (110.3356, 108.62))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 3440
+  c.batch_size = 16  # global, over every device and host
+  c.eval_batch_size = 64
+  c.log_every = 50
+  c.eval_every = 1720
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 2
+  c.flip_test = False
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "shapes"
+  c.data.shapes_config = "default"
+  c.data.data_dir = ""
+  c.data.root = ""
+  c.data.tfds_name = ""
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 128  # evaluation (and initialisation) size
+  c.data.max_boxes = 16
+  c.data.mosaic_prob = 0.0
+  c.data.multiscale_sizes = (96, 128, 160)  # multiples of 32, the coarsest stride
+  c.data.multiscale_period = 10
+  c.data.worker_count = 0
+  c.data.eval_resize = "letterbox"
+  c.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, scale_range=(), brightness=0.0, contrast=0.0,
+                                                  saturation=0.0, hue=0.0, lighting=0.0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "yolov3"
+  c.model.width = 12  # 1.4x YOLOv2 (width 10, stride 16)'s step time at 128 x 128, batch 16
+  c.model.depths = (1, 2, 8, 8, 4)
+  c.model.anchors = ANCHORS
+  c.model.coord_scale = 1.0
+  c.model.object_scale = 1.0
+  c.model.noobject_scale = 1.0
+  c.model.class_scale = 1.0
+  c.model.ignore_threshold = 0.5
+  c.model.score_threshold = 0.005
+  c.model.iou_threshold = 0.45
+  c.model.max_detections = 100
+  c.model.dtype = "float32"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "adam"
+  c.optim.learning_rate = 2e-3
+  c.optim.schedule = "step"
+  c.optim.decay_fractions = (0.7, 0.9)
+  c.optim.decay_factor = 0.1
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 10.0
+  return c
