@@ -2,8 +2,9 @@
 
 With `config.data.device_augment` the training loader only gathers fixed-size uint8 images from a decoded cache
 (`jaxdet.data.cache`; `config.data.cache_dir` saves it for the next run, `config.data.cache_size` sets its image
-size, default `image_size`) and `device_augment(config)` is the augmentation the train step applies on device
-(`jaxdet.data.device_augment`). Off by default: the host pipeline of `jaxdet.data.loader`.
+size, default `image_size`; `config.data.read_threads` threads gather, `worker_count` is not used) and
+`device_augment(config)` is the augmentation the train step applies on device (`jaxdet.data.device_augment`).
+Off by default: the host pipeline of `jaxdet.data.loader`.
 """
 
 from __future__ import annotations
