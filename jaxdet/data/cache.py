@@ -80,8 +80,9 @@ def build_cache(source: DetectionSource, *, image_size: int | Sequence[int], max
   """Returns the `DecodedCache` of `source` at `image_size`, with `max_boxes` box slots per image.
 
   Decodes with `threads` threads (default: the CPUs; PIL releases the GIL). With `directory`, a cache saved there
-  for the same source type, length, size, box slots and fill is memory-mapped instead of decoding; otherwise the new cache is written there (one `.npy` per field and `cache.json`) for the next
-  run. Delete the directory to rebuild after the source's contents change.
+  for the same source type, length, size, box slots and fill is memory-mapped instead of decoding; otherwise the
+  new cache is written there (one `.npy` per field and `cache.json`) for the next run. Delete the directory to
+  rebuild after the source's contents change.
   """
   size = as_size(image_size)
   fingerprint = _fingerprint(source, size, max_boxes, fill)
