@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.keep_checkpoints = 2
   c.flip_test = False
+  # Batches held ready on the devices while a step runs (jaxdet/train/prefetch.py); 0 reads and copies inline.
+  c.prefetch_to_device = 0
   # At every evaluation: WORKDIR/detections_<split>.png and a TensorBoard image of the first num_pictures validation
   # images (0: none), detections above picture_score_threshold against the ground truth (jaxdet/train/pictures.py).
   c.num_pictures = 8
@@ -46,6 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.multiscale_period = 10
   c.data.worker_count = 0
   c.data.eval_resize = "letterbox"
+  # Augment on the device inside the train step (jaxdet/data/device_augment.py); the host then only gathers uint8
+  # images from a decoded cache (jaxdet/data/cache.py), saved in cache_dir ("" = memory only) at cache_size
+  # (0 = image_size), read_threads gathering.
+  c.data.device_augment = False
+  c.data.cache_dir = ""
+  c.data.cache_size = 0
+  c.data.read_threads = 1
   # scale_range=() letterboxes instead of CenterNet's random scale + crop (e.g. (0.6, 1.3)).
   c.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, scale_range=(), brightness=0.0, contrast=0.0,
                                                   saturation=0.0, hue=0.0, lighting=0.0))

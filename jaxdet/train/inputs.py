@@ -1,12 +1,22 @@
-"""From a config to data: the source of a split (shapes, a COCO folder, Pascal VOC, tfds) and its loader."""
+"""From a config to data: the source of a split (shapes, a COCO folder, Pascal VOC, tfds) and its loader.
+
+With `config.data.device_augment` the training loader only gathers fixed-size uint8 images from a decoded cache
+(`jaxdet.data.cache`; `config.data.cache_dir` saves it for the next run, `config.data.cache_size` sets its image
+size, default `image_size`; `config.data.read_threads` threads gather, `worker_count` is not used) and
+`device_augment(config)` is the augmentation the train step applies on device (`jaxdet.data.device_augment`).
+Off by default: the host pipeline of `jaxdet.data.loader`.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
+from jaxdet.data.cache import build_cache, make_cached_loader
+from jaxdet.data.device_augment import augment_batch, check_supported
 from jaxdet.data.loader import Loader, make_loader
 from jaxdet.data.source import DetectionSource
 from jaxdet.data.transforms import Augment, SSDAugment
@@ -76,10 +86,45 @@ def train_augment(config: Any) -> Augment | SSDAugment:
   return PIPELINES[pipeline](**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
+def _check_device_augment(config: Any) -> None:
+  """Raises ValueError naming the config key that device augmentation cannot honour."""
+  data = config.data
+  check_supported(train_augment(config))
+  if data.get("mosaic_prob", 0.0) > 0:
+    raise ValueError(f"config.data.mosaic_prob={data.mosaic_prob}: Mosaic runs on the host only; set it to 0 or "
+                     "config.data.device_augment=False")
+  if data.get("multiscale_sizes"):
+    raise ValueError("config.data.multiscale_sizes: multi-scale training runs on the host only; set "
+                     "config.data.device_augment=False")
+  proposals = data.get("proposals")
+  if proposals is not None and proposals.get("num", 0) > 0:
+    raise ValueError("config.data.proposals: per-image proposals are not moved by device augmentation; set "
+                     "config.data.device_augment=False")
+
+
+def device_augment(config: Any) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]] | None:
+  """Returns the on-device training augmentation `batch -> batch` of `config` (to call inside the jitted step),
+  or None when `config.data.device_augment` is off. Its batch needs `position` (the cached loader's)."""
+  if not config.data.get("device_augment", False):
+    return None
+  _check_device_augment(config)
+  return functools.partial(augment_batch, seed=config.seed, size=config.data.image_size,
+                           augment=train_augment(config))
+
+
 def train_loader(config: Any, source: DetectionSource) -> Loader:
-  """Returns this host's training loader: `config.batch_size` is the global batch over all hosts."""
+  """Returns this host's training loader: `config.batch_size` is the global batch over all hosts.
+
+  With `config.data.device_augment`, the cached loader of un-augmented uint8 images (module docstring).
+  """
   data = config.data
   augment = train_augment(config)
+  if data.get("device_augment", False):
+    _check_device_augment(config)
+    cache = build_cache(source, image_size=data.get("cache_size") or data.image_size, max_boxes=data.max_boxes,
+                        fill=augment.fill, directory=data.get("cache_dir") or None)
+    return make_cached_loader(cache, batch_size=_per_host(config.batch_size, "config.batch_size"),
+                              seed=config.seed, read_threads=data.get("read_threads", 1))
   return make_loader(source, batch_size=_per_host(config.batch_size, "config.batch_size"),
                      image_size=data.image_size, train=True, max_boxes=data.max_boxes, seed=config.seed,
                      augment=augment, mosaic_prob=data.get("mosaic_prob", 0.0),

@@ -8,7 +8,6 @@ a checkpoint ranked by AP, every `checkpoint_every` steps save one.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -25,6 +24,7 @@ from jaxdet.train.init_from import checkpoint_step, initialize_from
 from jaxdet.train.optim import make_optimizer
 from jaxdet.train.parallel import make_mesh, replicate, replicated, shard_batch, to_host
 from jaxdet.train.pictures import make_picture_sampler, write_pictures
+from jaxdet.train.prefetch import DevicePrefetcher
 from jaxdet.train.progress import Progress
 from jaxdet.train.state import TrainState, create_train_state, train_step
 from jaxdet.train.writers import MetricWriter
@@ -81,8 +81,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Records after this line supersede any for the same steps written before the run was interrupted.
     writer.write(start, {"resumed": 1.0})
   state = replicate(state, mesh)
-  step_fn = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0,
-                    out_shardings=(replicated(mesh), replicated(mesh)))
+  augment = inputs.device_augment(config)  # None: the loader augmented on the host
+  fields = (*MODEL_KEYS, *detector.inputs, *(("position",) if augment is not None else ()))
+
+  def augment_and_step(state, batch):
+    batch = augment(batch) if augment is not None else batch
+    return train_step(state, batch, detector=detector, tx=tx, schedule=schedule)
+
+  step_fn = jax.jit(augment_and_step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
   predict_fn = make_predict_fn(detector, flip_test=config.get("flip_test", False))
 
   progress = Progress(config.total_steps, initial=int(state.step), enabled=is_main)
@@ -116,31 +122,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   first = int(state.step)
   final_metrics: dict[str, float] = {}
   truncated = 0
-  for step in range(first + 1, config.total_steps + 1):
-    batch = next(batches)
-    state, metrics = step_fn(state, shard_batch({k: batch[k] for k in (*MODEL_KEYS, *detector.inputs)}, mesh))
-    num_images = batch["image"].shape[0] * jax.process_count()
-    truncated += int(np.sum(batch["num_truncated"]))
-    if step % config.log_every == 0 or step == config.total_steps:
-      check_finite(metrics, step)
-      host = {k: float(v) for k, v in to_host(metrics).items() if k != "finite"}
-      progress.update(step, images=num_images, metrics=host)
-      # `truncated_boxes`: objects beyond max_boxes this host dropped since the last record (never silently).
-      writer.write(step, host | {"images_per_second": progress.images_per_second, "truncated_boxes": truncated},
-                   prefix="train/")
-      truncated = 0
-    else:
-      progress.update(step, images=num_images)
-    if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == config.total_steps:
-      check_finite(metrics, step)
-    if step == first + 1:
-      jax.block_until_ready(state)
-      progress.restart_rate()  # the first step's compilation is not training speed
-    if step % config.eval_every == 0 or step == config.total_steps:
-      final_metrics = evaluate(state, step)
-      checkpointer.save(step, state, loader=batches, metrics={"AP": final_metrics["AP"]}, force=True)
-    elif step % config.checkpoint_every == 0:
-      checkpointer.save(step, state, loader=batches)
+  # config.prefetch_to_device batches wait on the mesh while a step runs (0: read and copy inline, as before).
+  feed = DevicePrefetcher(batches, put=lambda batch: shard_batch({k: batch[k] for k in fields}, mesh),
+                          size=config.get("prefetch_to_device", 0))
+  try:  # the prefetch thread stops however the loop ends
+    for step in range(first + 1, config.total_steps + 1):
+      device_batch, batch = next(feed)
+      state, metrics = step_fn(state, device_batch)
+      num_images = batch["image"].shape[0] * jax.process_count()
+      truncated += int(np.sum(batch["num_truncated"]))
+      if step % config.log_every == 0 or step == config.total_steps:
+        check_finite(metrics, step)
+        host = {k: float(v) for k, v in to_host(metrics).items() if k != "finite"}
+        progress.update(step, images=num_images, metrics=host)
+        # `truncated_boxes`: objects beyond max_boxes this host dropped since the last record (never silently).
+        writer.write(step, host | {"images_per_second": progress.images_per_second, "truncated_boxes": truncated},
+                     prefix="train/")
+        truncated = 0
+      else:
+        progress.update(step, images=num_images)
+      if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == config.total_steps:
+        check_finite(metrics, step)
+      if step == first + 1:
+        jax.block_until_ready(state)
+        progress.restart_rate()  # the first step's compilation is not training speed
+      if step % config.eval_every == 0 or step == config.total_steps:
+        final_metrics = evaluate(state, step)
+        checkpointer.save(step, state, loader=feed.consumed_state(), metrics={"AP": final_metrics["AP"]},
+                          force=True)
+      elif step % config.checkpoint_every == 0:
+        checkpointer.save(step, state, loader=feed.consumed_state())
+  finally:
+    feed.close()
   if not final_metrics:  # resumed after the last step: evaluate what is there
     final_metrics = evaluate(state, int(state.step))
   checkpointer.wait()
