@@ -134,14 +134,31 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# Options added to configs after runs were trained, each with the value the code assumes when a config lacks it: a
+# run whose config.json lacks the key was trained with that value, so it still matches a config that sets it so.
+ABSENT_MEANS = {
+    "prefetch_to_device": 0,         # jaxdet/train/loop.py: read and copy inline
+    "data.device_augment": False,    # jaxdet/train/inputs.py: augment on the host
+    "data.cache_dir": "",
+    "data.cache_size": 0,
+    "data.read_threads": 1,
+}
+
+
 def check_run_dir(run_dir: str, config) -> None:
-  """Raises ZooError when `run_dir` holds a run of another resolved config (train.py's config.json), naming keys."""
+  """Raises ZooError when `run_dir` holds a run of another resolved config (train.py's config.json), naming keys.
+
+  A key missing from the run's config counts as equal when the config sets it to its `ABSENT_MEANS` value.
+  """
   stored = read_json(os.path.join(run_dir, "config.json"))
   wanted = json.loads(config.to_json())
   if stored is None or stored == wanted:
     return
   there, now = _flat(stored), _flat(wanted)
-  keys = sorted(k for k in there.keys() | now.keys() if there.get(k) != now.get(k))
+  keys = sorted(k for k in there.keys() | now.keys() if there.get(k) != now.get(k)
+                and not (k not in there and k in ABSENT_MEANS and now.get(k) == ABSENT_MEANS[k]))
+  if not keys:
+    return
   differences = ", ".join(f"{k}: {there.get(k)!r} there, {now.get(k)!r} now" for k in keys[:5])
   raise ZooError(f"{run_dir} was trained with another config ({differences}{' ...' if len(keys) > 5 else ''}); "
                  "give the row another name, use another --workdir, or delete the folder")

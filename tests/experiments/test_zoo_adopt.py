@@ -36,3 +36,20 @@ def test_an_unfinished_or_known_run_is_not_adopted(tmp_path):
   known = fresh_state() | {"attempts": [{"start": 1.0, "seconds": 5.0, "commit": "abc"}]}
   fake_run(tmp_path / "other", starts=[100.0], metric_times=[130.0], checkpoints=[400])
   assert not zoo.adopt_training(known, str(tmp_path / "other"), 400)  # the zoo's own run
+
+
+def test_a_run_older_than_an_opt_in_key_matches_only_with_the_key_off(tmp_path):
+  import ml_collections
+  import pytest
+
+  config = ml_collections.ConfigDict({"seed": 0, "prefetch_to_device": 0,
+                                      "data": {"image_size": 128, "device_augment": False}})
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump({"seed": 0, "data": {"image_size": 128}}, f)  # trained before the two keys existed
+  zoo.check_run_dir(str(tmp_path), config)
+  config.data.device_augment = True
+  with pytest.raises(zoo.ZooError, match=r"data.device_augment: None there, True now"):
+    zoo.check_run_dir(str(tmp_path), config)
+  config.data.device_augment, config.data.image_size = False, 64
+  with pytest.raises(zoo.ZooError, match=r"data.image_size: 128 there, 64 now"):
+    zoo.check_run_dir(str(tmp_path), config)
