@@ -27,10 +27,6 @@ from absl import app, flags  # noqa: E402
 
 from experiments import zoo_rows, zoo_table  # noqa: E402
 
-WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder holding the zoo's results.json and peers/<config>/seed<k>.")
-WRITE_README = flags.DEFINE_bool("write_readme", False, "Also replace the peers block of --readme with the table.")
-README = flags.DEFINE_string("readme", os.path.join(zoo_rows.ROOT, "README.md"), "README holding the peer markers.")
-
 BEGIN = "<!-- peers:begin -->"
 END = "<!-- peers:end -->"
 METRICS = ("AP", "AP50", "AP75")
@@ -126,20 +122,30 @@ def block(rows, workdir: str) -> str:
   ])
 
 
+def define_flags() -> None:
+  """Defines the command line's flags (only when run as a script: importing this module defines none, so tests can
+  import it beside other scripts that define `--workdir`)."""
+  flags.DEFINE_string("workdir", "runs", "Folder holding the zoo's results.json and peers/<config>/seed<k>.")
+  flags.DEFINE_bool("write_readme", False, "Also replace the peers block of --readme with the table.")
+  flags.DEFINE_string("readme", os.path.join(zoo_rows.ROOT, "README.md"), "README holding the peer markers.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  rows = collect(WORKDIR.value)
+  args = flags.FLAGS
+  rows = collect(args.workdir)
   if not rows:
-    sys.exit(f"no config under {WORKDIR.value}/peers has both finished peer runs and a zoo row")
-  text = block(rows, WORKDIR.value)
+    sys.exit(f"no config under {args.workdir}/peers has both finished peer runs and a zoo row")
+  text = block(rows, args.workdir)
   print(text)
-  if WRITE_README.value:
-    with open(README.value) as f:
+  if args.write_readme:
+    with open(args.readme) as f:
       readme = f.read()
-    with open(README.value, "w") as f:
+    with open(args.readme, "w") as f:
       f.write(zoo_table.replace_block(readme, text, begin=BEGIN, end=END))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
