@@ -37,6 +37,7 @@ import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments import flags as jflags  # noqa: E402
+from experiments import machine  # noqa: E402
 from jaxdet.data.transforms import eval_transform  # noqa: E402
 from jaxdet.eval import format_summary  # noqa: E402
 from jaxdet.models.detector import init_detector  # noqa: E402
@@ -356,6 +357,7 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
+  machine.record(workdir)  # WORKDIR/machine.jsonl, as train.py keeps it
   if FROM_WORKDIR.value:
     link_stages(workdir, FROM_WORKDIR.value)
   Pipeline(config, workdir).run()

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import logs, machine, zoo_rows, zoo_table  # noqa: E402
+from experiments import logs, machine, run_records, zoo_rows, zoo_table  # noqa: E402
+from experiments.run_records import metric_records  # noqa: E402
 
 CONFIGS = flags.DEFINE_string("configs", None, "Rows of the table: comma-separated `[NAME=]CONFIG[:KEY=VALUE ...]` "
                               "(CONFIG: a name in experiments/configs/ or a config file).", required=True)
@@ -110,23 +111,6 @@ def write_json(path: str, value: Any) -> None:
   os.replace(path + ".tmp", path)
 
 
-def metric_records(run_dir: str) -> list[dict[str, Any]]:
-  """Returns the records of RUN_DIR/metrics.jsonl; a line cut short by a kill is skipped (and counted in the log)."""
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  records, broken = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        broken += line.strip() != ""
-  if broken:
-    logging.info("%s: skipped %d unreadable lines (a write cut short by a kill)", path, broken)
-  return records
-
-
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -189,14 +173,11 @@ def adopt_training(state: dict[str, Any], run_dir: str, total_steps: int) -> boo
   """
   if state["attempts"] or total_steps not in checkpoint_steps(run_dir):
     return False
-  starts = [m["time"] for m in machine.read(run_dir) if "time" in m]
-  times = sorted(r["time"] for r in metric_records(run_dir) if "time" in r)
-  if not starts or not times:
+  spans = run_records.training_spans(run_dir)
+  if not spans:
     return False
-  for i, start in enumerate(starts):
-    end = starts[i + 1] if i + 1 < len(starts) else float("inf")
-    last = max((t for t in times if start <= t < end), default=start)
-    state["attempts"].append({"start": start, "seconds": last - start, "commit": "adopted", "adopted": True})
+  for start, seconds in spans:
+    state["attempts"].append({"start": start, "seconds": seconds, "commit": "adopted", "adopted": True})
   state["trained"] = True
   return True
 
