@@ -12,7 +12,8 @@ the peer run's `best.pt`) so that the post-processing does the work of a trained
 training size the same weights see the test images letterboxed up (jaxdet's evaluation transform), which is a speed
 measurement, not an accuracy one. Timed: jaxdet's `predict` to `block_until_ready` (compilation apart, first call);
 torchvision's `model(images)` under `torch.inference_mode()` in eval mode (one warm-up call). Both get the same float
-images; host-side batching is not timed. Run it under `taskset -c 0` with `--threads=1` for a one-core comparison
+images; host-side batching is not timed. Besides wall time, each call's CPU time (the process's, all threads) is
+reported: on a core shared with other processes it is the steadier measure of what a call costs. Run it under `taskset -c 0` with `--threads=1` for a one-core comparison
 (XLA's CPU thread pool then has one core too). Needs torch and torchvision: run it in the peer environment
 (`experiments/bench/torchvision_cpu_peer.sh`).
 """
@@ -45,17 +46,28 @@ BATCH = flags.DEFINE_integer("batch_size", 8, "Images per call.")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per model and size (best and median reported).")
 
 
-def timed(call, repeats: int) -> tuple[float, list[float]]:
-  """Returns (seconds of the first call, seconds of each of `repeats` later calls)."""
+def timed(call, repeats: int) -> tuple[float, list[float], list[float]]:
+  """Returns (seconds of the first call, wall seconds and CPU seconds of each of `repeats` later calls).
+
+  CPU seconds are the process's (all its threads): on a core shared with other work they are what a call costs,
+  while its wall time also counts the turns the other processes take.
+  """
   start = time.perf_counter()
   call()
   first = time.perf_counter() - start
-  times = []
+  times, cpu = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     call()
     times.append(time.perf_counter() - start)
-  return first, times
+    cpu.append(time.process_time() - start_cpu)
+  return first, times, cpu
+
+
+def rates(first: float, times: list[float], cpu: list[float], batch_size: int) -> dict[str, float]:
+  """Returns the first call's seconds and images/s: best and median by wall time, best by CPU time."""
+  return {"first_s": first, "best": batch_size / min(times), "median": batch_size / float(np.median(times)),
+          "cpu_best": batch_size / min(cpu)}
 
 
 def measure(config, workdir: str | None, size: int, batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -72,8 +84,7 @@ def measure(config, workdir: str | None, size: int, batch_size: int, repeats: in
     variables = initial_state(config, detector)[0].variables()
   predict = make_predict_fn(detector)
   out = {}
-  first, times = timed(lambda: jax.block_until_ready(predict(variables, batch)), repeats)
-  out["jaxdet"] = {"first_s": first, "best": batch_size / min(times), "median": batch_size / float(np.median(times))}
+  out["jaxdet"] = rates(*timed(lambda: jax.block_until_ready(predict(variables, batch)), repeats), batch_size)
 
   model = peer.build(config, source.num_classes)
   if PEER_WEIGHTS.value:
@@ -81,9 +92,7 @@ def measure(config, workdir: str | None, size: int, batch_size: int, repeats: in
   model.eval()
   images, _ = common.to_torch(batch, label_offset=1)
   with torch.inference_mode():
-    first, times = timed(lambda: model(images), repeats)
-  out["torchvision"] = {"first_s": first, "best": batch_size / min(times),
-                        "median": batch_size / float(np.median(times))}
+    out["torchvision"] = rates(*timed(lambda: model(images), repeats), batch_size)
   return out
 
 
@@ -94,13 +103,15 @@ def main(argv):
     torch.set_num_threads(common.THREADS.value)
   print(f"machine: {machine.summary(machine.describe())}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"affinity {len(os.sched_getaffinity(0))} cores; batch {BATCH.value}, {REPEATS.value} repeats")
-  print(f"{'size':>5} {'model':<12} {'first call s':>12} {'img/s best':>11} {'img/s median':>13} {'jaxdet / torch':>15}")
+  print(f"{'size':>5} {'model':<12} {'first call s':>12} {'img/s best':>11} {'img/s median':>13} {'jaxdet / torch':>15}"
+        f" {'img/s of CPU':>13} {'jaxdet / torch':>15}")
   for size in map(int, SIZES.value):
     r = measure(config, common.WORKDIR.value, size, BATCH.value, REPEATS.value)
     for name in ("jaxdet", "torchvision"):
       ratio = f"{r['jaxdet']['best'] / r['torchvision']['best']:.2f}x" if name == "jaxdet" else ""
+      cpu_ratio = f"{r['jaxdet']['cpu_best'] / r['torchvision']['cpu_best']:.2f}x" if name == "jaxdet" else ""
       print(f"{size:>5} {name:<12} {r[name]['first_s']:>12.2f} {r[name]['best']:>11.1f} {r[name]['median']:>13.1f} "
-            f"{ratio:>15}", flush=True)
+            f"{ratio:>15} {r[name]['cpu_best']:>13.1f} {cpu_ratio:>15}", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class FastRCNN(nn.Module):
 
     def run_head(rois, valid):
       pooled = pool_rois(feature_map, rois, valid, pooler=self.pooler, output_size=self.pool_size,
-                         spatial_scale=1 / 16, sampling_ratio=self.sampling_ratio)
+                         spatial_scale=1 / 16, sampling_ratio=self.sampling_ratio, train=train)
       logits, deltas = head(pooled, train=train)
       b, s = valid.shape
       return logits.reshape(b, s, -1), deltas.reshape(b, s, self.num_classes, 4)

@@ -124,21 +124,23 @@ class FasterRCNN(nn.Module):
     return FPN(features=self.fpn_features, min_level=2, max_level=6, extra="maxpool", dtype=self.dtype,
                name=f"{prefix}neck")(stages)
 
-  def _pool(self, maps: list[jax.Array], rois: jax.Array, valid: jax.Array) -> jax.Array:
+  def _pool(self, maps: list[jax.Array], rois: jax.Array, valid: jax.Array, *, train: bool) -> jax.Array:
     """Returns `[B * S, oh, ow, C]` pooled features of the RoIs `[B, S, 4]` of each image (invalid ones: zeros).
 
-    RoI Align runs in its "rows" formulation: many RoIs on small maps, where its gradient is several times
-    cheaper than the tap formulation's (see `jaxdet.ops.roi_align_rows`).
+    In training RoI Align runs in its "rows" formulation: many RoIs on small maps, where its gradient is several
+    times cheaper than the tap formulation's (see `jaxdet.ops.roi_align_rows`). At test time there is no gradient
+    and the tap formulation's forward pass is 4-6x cheaper (it reads 16 taps per bin, where "rows" reads and
+    multiplies whole rows padded to P2's width: 300 RoIs x 8 images at 512 px, 84 vs 500 ms of CPU).
     """
     size = 2 * self.pool_size if self.head == "c5" else self.pool_size
     if not self.fpn:
       return pool_rois(maps[0], rois, valid, pooler=self.pooler, output_size=size, spatial_scale=1 / 16,
-                       sampling_ratio=self.sampling_ratio)
+                       sampling_ratio=self.sampling_ratio, train=train)
     b, s, _ = rois.shape
     index = jnp.where(valid, jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(-1)  # -1 pools zeros
     return multilevel_roi_align(maps[:4], rois.reshape(b * s, 4), index, output_size=size, strides=FPN_STRIDES[:4],
                                 sampling_ratio=self.sampling_ratio, aligned=True, canonical_size=self.canonical_size,
-                                method="rows")
+                                method="rows" if train else "taps")
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, targets: Any = None):
@@ -169,7 +171,7 @@ class FasterRCNN(nn.Module):
     head = self._box_head()
     if not train:
       out |= {"rois": proposals, "roi_valid": proposal_valid}
-      out |= self._roi_outputs(head(self._pool(maps, proposals, proposal_valid), train=False), proposals.shape[:2])
+      out |= self._roi_outputs(head(self._pool(maps, proposals, proposal_valid, train=False), train=False), proposals.shape[:2])
       return self._extend(maps, out, train=False, targets=None, image_shape=image_shape)
 
     if targets is None:
@@ -183,7 +185,7 @@ class FasterRCNN(nn.Module):
                                positive_fraction=self.roi_positive_fraction,
                                bg_low_threshold=self.roi_bg_low_threshold)
     out["roi_targets"] = sampled
-    out |= self._roi_outputs(head(self._pool(maps, sampled["rois"], sampled["valid"]), train=True),
+    out |= self._roi_outputs(head(self._pool(maps, sampled["rois"], sampled["valid"], train=True), train=True),
                              sampled["valid"].shape)
     return self._extend(maps, out, train=True, targets=targets, image_shape=image_shape)
 

@@ -89,18 +89,19 @@ def sample_roi_batch(proposals: jax.Array, proposal_valid: jax.Array, targets: d
 
 
 def pool_rois(feature_map: jax.Array, rois: jax.Array, valid: jax.Array, *, pooler: str, output_size: int,
-              spatial_scale: float, sampling_ratio: int = 2) -> jax.Array:
+              spatial_scale: float, sampling_ratio: int = 2, train: bool = True) -> jax.Array:
   """Returns `[B * S, oh, ow, C]` features of the RoIs `rois [B, S, 4]` (xyxy image pixels) of each image, pooled
   from one map `[B, H, W, C]` by RoI Pool ("pool", Fast R-CNN) or RoI Align ("align"); invalid RoIs pool zeros.
 
-  RoI Align runs in its "rows" formulation (fast gradients for many RoIs on small maps, `jaxdet.ops.roi_align`).
+  RoI Align runs in its "rows" formulation when `train` (fast gradients for many RoIs on small maps) and in its
+  "taps" formulation otherwise (the faster forward pass; `jaxdet.ops.roi_align`). The two agree to float rounding.
   """
   b, s, _ = rois.shape
   index = jnp.where(valid, jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(-1)  # -1 pools zeros
   boxes = rois.reshape(b * s, 4)
   if pooler == "align":
     return roi_align(feature_map, boxes, index, output_size=output_size, spatial_scale=spatial_scale,
-                     sampling_ratio=sampling_ratio, aligned=True, method="rows")
+                     sampling_ratio=sampling_ratio, aligned=True, method="rows" if train else "taps")
   if pooler == "pool":
     return roi_pool(feature_map, boxes, index, output_size=output_size, spatial_scale=spatial_scale)
   raise ValueError(f"pooler must be align or pool, got {pooler!r}")
