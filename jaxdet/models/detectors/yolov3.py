@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdet.models.backbones.darknet import DARKNET53_DEPTHS, Darknet53
 from jaxdet.models.detector import Detections, Detector
@@ -143,7 +144,9 @@ def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_clas
                      f"{anchor_iou_threshold}")
   if sat_steps < 0:
     raise ValueError(f"sat_steps must be >= 0 (0: no self-adversarial training), got {sat_steps}")
-  xy_scale = tuple(xy_scale) if isinstance(xy_scale, (tuple, list)) else float(xy_scale)
+  xy_scale = tuple(float(v) for v in xy_scale) if isinstance(xy_scale, (tuple, list)) else float(xy_scale)
+  if isinstance(xy_scale, tuple) and len(xy_scale) != len(STRIDES) or min(np.atleast_1d(xy_scale)) < 1.0:
+    raise ValueError(f"xy_scale must be one factor >= 1 or one per scale ({len(STRIDES)}), got {xy_scale}")
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape

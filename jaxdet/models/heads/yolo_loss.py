@@ -8,7 +8,9 @@ Assignment (`yolo_targets`, outputs-independent, on device): each object goes to
 has the best shape IoU with it (centres aligned; over the anchors of every scale, so in YOLOv3 the best anchor also
 picks the scale) in the cell of that scale holding its centre (darknet `bias_match=1`). Two objects on one
 predictor: the larger box wins (ties: the first listed) -- darknet lets the last one listed overwrite the others.
-The ignore rule (`best_truth_iou`) reads the predictions, so the loss applies it.
+YOLOv4 (`anchor_iou_threshold`, darknet's `iou_thresh`) also makes every other anchor whose shape IoU with the
+object exceeds the threshold responsible for it, in its own scale's cell. The ignore rule (`best_truth_iou`)
+reads the predictions, so the loss applies it.
 
 The YOLOv2 loss (`yolo_loss`), as darknet's `region_layer.c` with yolo-voc.cfg computes its gradients
 (coord_scale 1, object_scale 5, noobject_scale 1, class_scale 1, thresh 0.6, rescore 1, softmax 1):
@@ -34,6 +36,10 @@ cross-entropies on the logits:
   `ignore_threshold` (0.5), over the predictions of every scale. No prior term.
 Scale factors (`coord_scale`, `object_scale`, `noobject_scale`, `class_scale`, all 1 in darknet) weight the terms.
 The x, y terms are cross-entropies against soft targets, so they bottom out at the targets' entropy, not at 0.
+
+YOLOv4's options of `yolov3_loss`: the grid-sensitivity scale s of the decoded centre (s sigma(t) - (s - 1) / 2,
+`decode_yolo_boxes`; the x, y targets follow, `offset_targets`), the CIoU box loss in place of the x, y, w, h
+terms, and label smoothing of the class targets.
 """
 
 from __future__ import annotations
