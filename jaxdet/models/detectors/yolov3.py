@@ -169,7 +169,16 @@ def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_clas
                          iou_threshold=iou_threshold, max_detections=max_detections, xy_scale=xy_scale, nms=nms,
                          diou_beta=diou_beta)
 
-  alter_batch = self_adversarial_batch(module, loss, steps=sat_steps, epsilon=sat_epsilon) if sat_steps else None
+  def hide_objects(outputs, targets):
+    # SAT's stage-1 objective: the objectness cross-entropy (target 1) of the predictors responsible for objects;
+    # raising it lowers their objectness alone, where raising the whole loss also raises the background's.
+    flat, _ = _flatten(outputs["raw"])
+    positive = targets["positive"]
+    missed = jnp.where(positive, jax.nn.softplus(-flat[..., 4]), 0.0)
+    return (jnp.sum(missed) / jnp.maximum(jnp.sum(positive), 1),)
+
+  alter_batch = (self_adversarial_batch(module, hide_objects, steps=sat_steps, epsilon=sat_epsilon)
+                 if sat_steps else None)
   return Detector(module=module, assign=assign, loss=loss, postprocess=postprocess, num_classes=num_classes,
                   alter_batch=alter_batch)
 
