@@ -7,8 +7,7 @@ Each training step runs in two stages:
 2. the network trains on the altered images with the original labels (the trainer's ordinary step).
 YOLO's objective is the objectness cross-entropy of the predictors responsible for the objects: raising it lowers
 their objectness, so the altered image is one on which the network no longer sees the objects. (Raising the whole
-training loss instead, tried first, also raised the background's objectness and hid the objects barely: their
-mean objectness fell by 0.008 in the test that now asks for 0.02.)
+training loss instead, tried first, spends the step's budget on the background's and the classes' terms as well.)
 
 The attack runs the network as training does, with batch statistics (the updates to the running averages are
 discarded). Darknet's attack uses the rolling statistics instead; from scratch those lag far behind the weights in
