@@ -59,6 +59,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.iou_threshold = 0.45
   c.model.max_detections = 100
   c.model.dtype = "float32"
+  # YOLOv4's tricks, all off (the paper's YOLOv3); each turns on alone for the ablation, e.g.
+  # --config.model.box_loss=ciou (see experiments/configs/yolov4_shapes.py for the list)
+  c.model.cmbn = 1
+  c.model.sat_steps = 0
+  c.model.sat_epsilon = 4.0
+  c.model.box_loss = "yolov3"
+  c.model.nms = "iou"
+  c.model.diou_beta = 1.0
+  c.model.label_smoothing = 0.0
+  c.model.xy_scale = (1.0, 1.0, 1.0)
+  c.model.anchor_iou_threshold = 1.0  # 1: the best anchor only
 
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"

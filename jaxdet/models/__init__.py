@@ -17,6 +17,7 @@ from jaxdet.models.detectors.ssd import build_ssd
 from jaxdet.models.detectors.yolov1 import build_yolov1
 from jaxdet.models.detectors.yolov2 import build_yolov2
 from jaxdet.models.detectors.yolov3 import build_yolov3
+from jaxdet.models.detectors.yolov4 import build_yolov4
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "centernet": build_centernet,
@@ -31,6 +32,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "yolov1": build_yolov1,
     "yolov2": build_yolov2,
     "yolov3": build_yolov3,
+    "yolov4": build_yolov4,
 }
 
 

@@ -13,6 +13,10 @@ trainer stays the same for every detector:
 - `inputs` names batch fields besides the image that the module reads in training and inference (e.g. the
   per-image external proposals of Fast R-CNN), so the loaders carry them and every caller passes them.
 Single-stage detectors (CenterNet) ignore `targets` and declare no `inputs`: their behaviour is unchanged.
+
+It grew again for YOLOv4's Self-Adversarial Training, whose training step first lets the network alter its own
+input images (with the current weights) and then trains on the altered ones: an optional `alter_batch` hook that
+the trainer calls, for every detector that defines one, between `assign` and the training forward pass.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ class Detector:
     inputs: per-image batch fields besides `image` that the module reads as keyword arguments, in training and
       inference, by name with the shape and dtype of one image's field (e.g. Fast R-CNN's external proposals:
       `{"proposals": ShapeDtypeStruct((P, 4), float32), "proposal_valid": ShapeDtypeStruct((P,), bool)}`).
+    alter_batch: optional, training only: `alter_batch(variables, batch, targets, rngs) -> batch`, the batch the
+      step trains on, computed from the current variables before the training forward pass (same fields and
+      shapes; the image may become float32 pixels in [0, 255]). No gradient flows through it into the update.
+      YOLOv4's self-adversarial training (`jaxdet.models.self_adversarial`) attacks the images here.
   """
 
   module: nn.Module
@@ -75,6 +83,7 @@ class Detector:
   num_classes: int
   merge_flipped: Callable[[Any, Any], Any] | None = None
   inputs: Mapping[str, jax.ShapeDtypeStruct] = dataclasses.field(default_factory=dict)
+  alter_batch: Callable[..., Batch] | None = None
 
 
 def apply_detector(detector: Detector, variables: Mapping[str, Any], batch: Batch, *, train: bool,

@@ -6,7 +6,8 @@ scoring strictly above `score_threshold` whose box is not empty after clipping; 
 `max_detections` (RetinaNet's inference, Lin et al. 2017 sec. 4; torchvision's `RetinaNet.postprocess_detections`
 and `RoIHeads.postprocess_detections` do the same steps). With `per_class`, the candidates are the
 `candidates_per_level` best anchors of each class on each level instead (SSD's inference: per class, the top 200
-above 0.01, then NMS; torchvision's `SSD.postprocess_detections`).
+above 0.01, then NMS; torchvision's `SSD.postprocess_detections`). `nms="diou"` replaces the NMS by class-aware
+DIoU-NMS (YOLOv4; `jaxdet.ops.diou_nms`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import jax.numpy as jnp
 
 from jaxdet.models.detector import Detections
 from jaxdet.ops.boxes import clip_boxes
+from jaxdet.ops.diou_nms import batched_diou_nms
 from jaxdet.ops.nms import batched_nms
+
+NMS_KINDS = ("iou", "diou")
 
 
 def _select_one(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[int], candidates_per_level: int,
                 per_class: bool, score_threshold: float, iou_threshold: float, max_detections: int,
-                image_shape: tuple[int, int] | None) -> Detections:
+                image_shape: tuple[int, int] | None, nms: str, diou_beta: float) -> Detections:
   num_classes = scores.shape[-1]
   top_scores, anchors, classes = [], [], []
   start = 0
@@ -46,8 +50,12 @@ def _select_one(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[in
     picked = clip_boxes(picked, height=image_shape[0], width=image_shape[1])
   nonempty = (picked[:, 2] > picked[:, 0]) & (picked[:, 3] > picked[:, 1])
   top_scores = jnp.where(nonempty, top_scores, -jnp.inf)  # never selectable
-  keep, valid = batched_nms(picked, top_scores, classes, iou_threshold=iou_threshold, max_outputs=max_detections,
-                            score_threshold=score_threshold)
+  if nms == "diou":
+    keep, valid = batched_diou_nms(picked, top_scores, classes, iou_threshold=iou_threshold,
+                                   max_outputs=max_detections, score_threshold=score_threshold, beta=diou_beta)
+  else:
+    keep, valid = batched_nms(picked, top_scores, classes, iou_threshold=iou_threshold,
+                              max_outputs=max_detections, score_threshold=score_threshold)
   return Detections(boxes=jnp.where(valid[:, None], picked[keep], 0.0),
                     scores=jnp.where(valid, top_scores[keep], 0.0),
                     classes=jnp.where(valid, classes[keep], 0).astype(jnp.int32), valid=valid)
@@ -56,7 +64,8 @@ def _select_one(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[in
 def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Sequence[int] | None = None,
                       candidates_per_level: int = 1000, per_class: bool = False, score_threshold: float = 0.05,
                       iou_threshold: float = 0.5, max_detections: int = 100,
-                      image_shape: tuple[int, int] | None = None) -> Detections:
+                      image_shape: tuple[int, int] | None = None, nms: str = "iou",
+                      diou_beta: float = 1.0) -> Detections:
   """Returns `Detections` with `max_detections` slots per image from dense scores and decoded boxes.
 
   Args:
@@ -71,9 +80,12 @@ def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Seque
     iou_threshold: class-aware NMS threshold (0.5); a box suppresses only boxes of its class.
     max_detections: slots per image (COCO: 100).
     image_shape: (h, w) to clip boxes to; boxes that are empty after clipping are dropped.
+    nms: "iou" (greedy NMS, `batched_nms`) or "diou" (DIoU-NMS, `batched_diou_nms`, with exponent `diou_beta`).
 
   Invalid slots hold zeros. Jittable; the per-image work is vmapped.
   """
+  if nms not in NMS_KINDS:
+    raise ValueError(f"nms must be one of {NMS_KINDS}, got {nms!r}")
   n = scores.shape[1]
   level_sizes = (n,) if level_sizes is None else tuple(int(s) for s in level_sizes)
   if sum(level_sizes) != n:
@@ -84,6 +96,7 @@ def select_detections(boxes: jax.Array, scores: jax.Array, *, level_sizes: Seque
   def one(b, s):
     return _select_one(b.astype(jnp.float32), s.astype(jnp.float32), level_sizes=level_sizes,
                        candidates_per_level=candidates_per_level, per_class=per_class, score_threshold=score_threshold,
-                       iou_threshold=iou_threshold, max_detections=max_detections, image_shape=image_shape)
+                       iou_threshold=iou_threshold, max_detections=max_detections, image_shape=image_shape,
+                       nms=nms, diou_beta=diou_beta)
 
   return jax.vmap(one)(boxes, scores)

@@ -23,6 +23,7 @@ from jaxdet.ops.matching import (BACKGROUND, FOREGROUND, IGNORE, MatchResult, ma
                                  match_rpn, match_ssd)
 from jaxdet.ops.sampling import hard_negative_mining, sample_balanced, sample_fast_rcnn, sample_rpn
 from jaxdet.ops.nms import batched_nms, nms
+from jaxdet.ops.diou_nms import batched_diou_nms, diou_nms
 from jaxdet.ops.soft_nms import soft_nms
 from jaxdet.ops.softer_nms import variance_voting
 from jaxdet.ops.iou_guided_nms import iou_guided_nms

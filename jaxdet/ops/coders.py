@@ -209,23 +209,27 @@ def encode_yolo(boxes: jax.Array, anchors_wh: jax.Array, *, stride: float) -> tu
 
 
 def decode_yolo(raw: jax.Array, anchors_wh: jax.Array, cells: jax.Array, *, stride: float,
-                clip: float = DEFAULT_SCALE_CLIP) -> jax.Array:
-  """Returns `[..., 4]` xyxy pixels from raw YOLOv2/v3 outputs `(tx, ty, tw, th)`.
+                clip: float = DEFAULT_SCALE_CLIP, xy_scale: float | jax.Array = 1.0) -> jax.Array:
+  """Returns `[..., 4]` xyxy pixels from raw YOLOv2/v3/v4 outputs `(tx, ty, tw, th)`.
 
   The course's decoding (`box_xy = (sigmoid(t_xy) + cell) / grid`, `box_wh = exp(t_wh) * anchors / grid`) in pixel
-  units: centre = (sigmoid(t) + cell) * stride, size = anchor_px * exp(t), with t_w, t_h clamped at `clip`.
+  units: centre = (s sigma(t) - (s - 1) / 2 + cell) * stride, size = anchor_px * exp(t), with t_w, t_h clamped at
+  `clip`. s = `xy_scale` is YOLOv4's grid-sensitivity factor (darknet `scale_x_y`, 1.05-1.2 in yolov4.cfg): with
+  s > 1 the centre reaches the cell's borders at finite t (s = 1: YOLOv2/v3, the centre stays strictly inside).
 
   Args:
     raw: `[..., 4]` network outputs (before the sigmoid).
     anchors_wh: `[..., 2]` anchor sizes in pixels.
     cells: `[..., 2]` (row i, column j) of each prediction.
-    stride: pixels per cell.
+    stride: pixels per cell (a scalar or `[...]`).
+    xy_scale: s (a scalar or `[...]`, per prediction).
   """
   raw = _f32(raw)
   anchors_wh = _f32(anchors_wh)
   cells = _f32(cells)
-  cx = (jax.nn.sigmoid(raw[..., 0]) + cells[..., 1]) * stride
-  cy = (jax.nn.sigmoid(raw[..., 1]) + cells[..., 0]) * stride
+  s = _f32(xy_scale)
+  cx = (s * jax.nn.sigmoid(raw[..., 0]) - (s - 1) / 2 + cells[..., 1]) * stride
+  cy = (s * jax.nn.sigmoid(raw[..., 1]) - (s - 1) / 2 + cells[..., 0]) * stride
   w = anchors_wh[..., 0] * jnp.exp(jnp.minimum(raw[..., 2], clip))
   h = anchors_wh[..., 1] * jnp.exp(jnp.minimum(raw[..., 3], clip))
   return cxcywh_to_xyxy(jnp.stack([cx, cy, w, h], axis=-1))

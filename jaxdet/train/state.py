@@ -51,11 +51,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Dete
 
   Targets are assigned on device from the padded ground truth and given to the module too (two-stage detectors
   sample RoIs from them inside the forward pass); `batch["image"]` is `[B, H, W, 3]` uint8. The step's randomness
-  (rng streams `dropout` and `sampling`) derives from `fold_in(state.key, state.step)`.
+  (rng streams `dropout` and `sampling`) derives from `fold_in(state.key, state.step)`. A detector's `alter_batch`
+  (when it has one) replaces the batch with the current variables before the forward pass (self-adversarial
+  training); the loss is then that of the altered batch.
   """
   targets = detector.assign(batch)
   step_key = jax.random.fold_in(state.key, state.step)
   rngs = {"dropout": step_key, "sampling": jax.random.fold_in(step_key, 1)}
+  if detector.alter_batch is not None:
+    batch = detector.alter_batch(state.variables(), batch, targets, rngs)
 
   def loss_fn(params):
     outputs, updates = apply_detector(detector, {"params": params, "batch_stats": state.batch_stats}, batch,

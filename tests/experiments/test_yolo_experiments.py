@@ -1,4 +1,4 @@
-"""YOLOv1, YOLOv2 and YOLOv3 through the scripts: a brief training on the tiny shapes set, predict -> COCO results
+"""YOLOv1 to YOLOv4 through the scripts: a brief training on the tiny shapes set, predict -> COCO results
 json -> pycocotools, equal to the evaluation train.py wrote (slow); the k-means anchor script's clusters, in grid
 cells (v2) and in pixels over three scales (v3) (fast)."""
 
@@ -20,6 +20,9 @@ OVERRIDES = {
                "--config.data.multiscale_period=2"],
     "yolov3": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(32,64)",
                "--config.data.multiscale_period=2"],
+    # every YOLOv4 trick stays on (CmBN over 4 mini-batches of the batch of 8, SAT, Mosaic, DIoU-NMS, ...)
+    "yolov4": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(32,64)",
+               "--config.data.multiscale_period=2"],
 }
 
 
@@ -35,7 +38,7 @@ def run(script, config, workdir, *extra, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov1", "yolov2", "yolov3"])
+@pytest.mark.parametrize("name", ["yolov1", "yolov2", "yolov3", "yolov4"])
 def test_brief_training_then_predict_gives_results_pycocotools_scores_alike(name, shapes_data_dir, tmp_path):
   from pycocotools.coco import COCO
   from pycocotools.cocoeval import COCOeval

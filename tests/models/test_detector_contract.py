@@ -1,5 +1,8 @@
 """The `Detector` contract as the trainer and predictor use it: targets reach the module in training only, the
-`inputs` fields reach it in training and inference, the `sampling` rng stream exists, missing fields are named."""
+`inputs` fields reach it in training and inference, the `sampling` rng stream exists, missing fields are named,
+the optional `alter_batch` hook replaces the batch a step trains on."""
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -80,3 +83,24 @@ def test_a_missing_input_field_is_named():
   variables = init_detector(detector, jax.random.PRNGKey(0), image_shape=(8, 8))
   with pytest.raises(KeyError, match="proposals"):
     apply_detector(detector, variables, {"image": jnp.zeros((1, 8, 8, 3), jnp.uint8)}, train=False)
+
+
+def test_train_step_trains_on_the_batch_alter_batch_returns():
+  """The optional `alter_batch` hook (self-adversarial training) sees the current variables, the batch, the targets
+  and the step's rng streams, and the step's loss is that of the batch it returns."""
+  seen = {}
+
+  def alter_batch(variables, b, targets, rngs):
+    seen.update(w=variables["params"]["w"], count=targets["count"], streams=sorted(rngs))
+    return {**b, "proposals": b["proposals"] + 1.0}
+
+  plain = echo_detector()
+  altered = dataclasses.replace(plain, alter_batch=alter_batch)
+  tx = optax.sgd(0.0)
+  state = create_train_state(plain, tx, image_shape=(8, 8), seed=0)
+  moved = {**batch(), "proposals": batch()["proposals"] + 1.0}
+  _, want = train_step(state, moved, detector=plain, tx=tx, schedule=lambda s: 0.0)
+  _, got = train_step(state, batch(), detector=altered, tx=tx, schedule=lambda s: 0.0)
+  np.testing.assert_allclose(got["loss"], want["loss"])
+  assert float(seen["w"]) == 1.0 and seen["streams"] == ["dropout", "sampling"]
+  np.testing.assert_array_equal(seen["count"], [1.0, 2.0])

@@ -26,13 +26,15 @@ class CSPResidual(nn.Module):
   features: int
   hidden: int
   activation: str = "mish"
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    y = ConvBNLeaky(self.hidden, 1, activation=self.activation, dtype=self.dtype, name="reduce")(x, train=train)
-    return x + ConvBNLeaky(self.features, 3, activation=self.activation, dtype=self.dtype, name="expand")(
-        y, train=train)
+    y = ConvBNLeaky(self.hidden, 1, activation=self.activation, cmbn=self.cmbn, dtype=self.dtype, name="reduce")(
+        x, train=train)
+    return x + ConvBNLeaky(self.features, 3, activation=self.activation, cmbn=self.cmbn, dtype=self.dtype,
+                           name="expand")(y, train=train)
 
 
 class CSPStage(nn.Module):
@@ -45,19 +47,20 @@ class CSPStage(nn.Module):
   depth: int
   first: bool = False
   activation: str = "mish"
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = lambda c, k, name, s=1: ConvBNLeaky(max(1, c), k, strides=s, activation=self.activation,  # noqa: E731
-                                               dtype=self.dtype, name=name)
+                                               cmbn=self.cmbn, dtype=self.dtype, name=name)
     part = self.features if self.first else self.features // 2
     x = conv(self.features, 3, "down", 2)(x, train=train)
     shortcut = conv(part, 1, "shortcut")(x, train=train)
     main = conv(part, 1, "main")(x, train=train)
     hidden = self.features // 2 if self.first else part
     for block in range(self.depth):
-      main = CSPResidual(max(1, part), max(1, hidden), activation=self.activation, dtype=self.dtype,
+      main = CSPResidual(max(1, part), max(1, hidden), activation=self.activation, cmbn=self.cmbn, dtype=self.dtype,
                          name=f"block{block + 1}")(main, train=train)
     main = conv(part, 1, "transition")(main, train=train)
     return conv(self.features, 1, "fuse")(jnp.concatenate([main, shortcut], axis=-1), train=train)
@@ -76,17 +79,18 @@ class CSPDarknet53(nn.Module):
   width: int = 32
   depths: Sequence[int] = DARKNET53_DEPTHS
   activation: str = "mish"
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     if len(self.depths) != 5 or min(self.depths) < 0:
       raise ValueError(f"CSPDarknet-53 has five stages: depths must be 5 non-negative counts, got {self.depths}")
-    x = ConvBNLeaky(self.width, 3, activation=self.activation, dtype=self.dtype, name="stem")(
+    x = ConvBNLeaky(self.width, 3, activation=self.activation, cmbn=self.cmbn, dtype=self.dtype, name="stem")(
         x.astype(self.dtype), train=train)
     features = {1: x}
     for stage, depth in enumerate(self.depths, start=1):
-      x = CSPStage(self.width * 2 ** stage, depth, first=stage == 1, activation=self.activation, dtype=self.dtype,
-                   name=f"stage{stage}")(x, train=train)
+      x = CSPStage(self.width * 2 ** stage, depth, first=stage == 1, activation=self.activation, cmbn=self.cmbn,
+                   dtype=self.dtype, name=f"stage{stage}")(x, train=train)
       features[2 ** stage] = x
     return features

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.cmbn import batch_norm
+
 # A layer is (channels at width 64 -- YOLOv1 -- or 32 -- Darknet-19, kernel, stride) or "M" (2x2 max pool).
 # YOLOv1 (Redmon et al. 2016, Figure 3): 24 convolutions; its last downsampling is the strided 3x3 convolution.
 YOLOV1_LAYERS = (
@@ -57,6 +59,7 @@ class ConvBNLeaky(nn.Module):
 
   Without batch norm the convolution has a bias (YOLOv1 as published); with it, batch norm's offset replaces the
   bias (YOLOv2 and Darknet's later configs). `activation` "mish" (CSPDarknet-53) or "linear" replaces the leaky ReLU.
+  `cmbn` > 1: the batch norm is YOLOv4's CmBN over that many mini-batches (`jaxdet.models.cmbn`).
   """
 
   features: int
@@ -64,6 +67,7 @@ class ConvBNLeaky(nn.Module):
   strides: int = 1
   batch_norm: bool = True
   activation: str = "leaky"
+  cmbn: int = 1
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -72,7 +76,7 @@ class ConvBNLeaky(nn.Module):
     x = nn.Conv(self.features, (k, k), strides=self.strides, padding=k // 2, use_bias=not self.batch_norm,
                 dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(x)
+      x = batch_norm(self.cmbn, train=train, dtype=self.dtype)(x)
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
     return ACTIVATIONS[self.activation](x)
@@ -179,12 +183,13 @@ class DarknetResidual(nn.Module):
   each `ConvBNLeaky`; darknet's `shortcut` layer adds after the activation, linear)."""
 
   features: int
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    y = ConvBNLeaky(max(1, self.features // 2), 1, dtype=self.dtype, name="reduce")(x, train=train)
-    return x + ConvBNLeaky(self.features, 3, dtype=self.dtype, name="expand")(y, train=train)
+    y = ConvBNLeaky(max(1, self.features // 2), 1, cmbn=self.cmbn, dtype=self.dtype, name="reduce")(x, train=train)
+    return x + ConvBNLeaky(self.features, 3, cmbn=self.cmbn, dtype=self.dtype, name="expand")(y, train=train)
 
 
 class Darknet53(nn.Module):
@@ -200,18 +205,20 @@ class Darknet53(nn.Module):
 
   width: int = 32
   depths: Sequence[int] = DARKNET53_DEPTHS
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool) -> dict[int, jnp.ndarray]:
     if len(self.depths) != 5 or min(self.depths) < 0:
       raise ValueError(f"Darknet-53 has five stages: depths must be 5 non-negative counts, got {self.depths}")
-    x = ConvBNLeaky(self.width, 3, dtype=self.dtype, name="stem")(x.astype(self.dtype), train=train)
+    x = ConvBNLeaky(self.width, 3, cmbn=self.cmbn, dtype=self.dtype, name="stem")(x.astype(self.dtype), train=train)
     features = {1: x}
     for stage, depth in enumerate(self.depths, start=1):
       channels = self.width * 2 ** stage
-      x = ConvBNLeaky(channels, 3, strides=2, dtype=self.dtype, name=f"down{stage}")(x, train=train)
+      x = ConvBNLeaky(channels, 3, strides=2, cmbn=self.cmbn, dtype=self.dtype, name=f"down{stage}")(x, train=train)
       for block in range(depth):
-        x = DarknetResidual(channels, dtype=self.dtype, name=f"stage{stage}_block{block + 1}")(x, train=train)
+        x = DarknetResidual(channels, cmbn=self.cmbn, dtype=self.dtype, name=f"stage{stage}_block{block + 1}")(
+            x, train=train)
       features[2 ** stage] = x
     return features

@@ -16,6 +16,12 @@ the best of all nine anchors by shape IoU, at that anchor's scale, in the cell h
 `yolov3_loss` (BCE on x, y, objectness and classes, squared error on the log sizes, ignore rule at 0.5 over the
 predictions of every scale). Inference scores sigma(to) x sigma(class), thresholds, and runs per-class NMS over the
 boxes of all scales together.
+
+`yolo_detector` builds the `Detector` around any module with this output (YOLOv4's too, `yolov4.py`), with YOLOv4's
+training and inference tricks as options, all off by default so that YOLOv3 stays the paper's: several anchors per
+object above a shape-IoU threshold (`anchor_iou_threshold`), grid sensitivity (`xy_scale`), CIoU box loss
+(`box_loss`), label smoothing, DIoU-NMS (`nms`), self-adversarial training (`sat_steps`); CmBN is the module's
+`cmbn`. Each can so be tried on YOLOv3 alone (the ablation of the YOLOv4 paper's Table 4).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdet.models.backbones.darknet import DARKNET53_DEPTHS, Darknet53
 from jaxdet.models.detector import Detections, Detector
@@ -32,6 +39,7 @@ from jaxdet.models.heads.yolo import YOLOHead
 from jaxdet.models.heads.yolo_loss import decode_yolo_boxes, yolo_targets, yolov3_loss
 from jaxdet.models.necks.yolov3 import YOLOv3Neck
 from jaxdet.models.postprocess import select_detections
+from jaxdet.models.self_adversarial import self_adversarial_batch
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 
 STRIDES = (8, 16, 32)
@@ -46,12 +54,14 @@ class YOLOv3(nn.Module):
   Attributes:
     width: Darknet-53's first-layer channels (32 in the paper); the neck's widths scale with it.
     depths: Darknet-53's residual blocks per stage ((1, 2, 8, 8, 4) in the paper).
+    cmbn: CmBN mini-batches of every batch norm (`jaxdet.models.cmbn`); 1: plain batch norm (the paper).
   """
 
   num_classes: int
   anchors_per_scale: int = 3
   width: int = 32
   depths: Sequence[int] = DARKNET53_DEPTHS
+  cmbn: int = 1
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
   dtype: Any = jnp.float32
@@ -60,9 +70,10 @@ class YOLOv3(nn.Module):
   def __call__(self, images, *, train: bool = False, targets: Any = None):
     del targets
     x = normalize_image(images, self.pixel_mean, self.pixel_std)
-    features = Darknet53(width=self.width, depths=tuple(self.depths), dtype=self.dtype, name="backbone")(
-        x, train=train)
-    detect = YOLOv3Neck(strides=STRIDES, width=self.width, dtype=self.dtype, name="neck")(features, train=train)
+    features = Darknet53(width=self.width, depths=tuple(self.depths), cmbn=self.cmbn, dtype=self.dtype,
+                         name="backbone")(x, train=train)
+    detect = YOLOv3Neck(strides=STRIDES, width=self.width, cmbn=self.cmbn, dtype=self.dtype, name="neck")(
+        features, train=train)
     raw = tuple(YOLOHead(self.num_classes, self.anchors_per_scale, dtype=self.dtype, name=f"head{s}")(detect[s])
                 for s in STRIDES)
     return {"raw": raw}
@@ -86,53 +97,99 @@ def _flatten(raw: Sequence[jax.Array]) -> tuple[jax.Array, list[tuple[int, int]]
 
 
 def yolov3_decode(outputs: dict[str, Any], *, anchors: Sequence[jax.Array], image_shape: tuple[int, int] | None = None,
-                  score_threshold: float = 0.005, iou_threshold: float = 0.45,
-                  max_detections: int = 100) -> Detections:
+                  score_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int = 100,
+                  xy_scale: float | Sequence[float] = 1.0, nms: str = "iou", diou_beta: float = 1.0) -> Detections:
   """Returns `Detections`: every anchor's box of every scale scored per class by sigma(to) x sigma(class), kept
   above `score_threshold`, per-class NMS at `iou_threshold` (darknet's 0.45) over all scales, the best
-  `max_detections`; `anchors` per scale `[A, 2]` pixels (`split_anchors`)."""
+  `max_detections`; `anchors` per scale `[A, 2]` pixels (`split_anchors`). YOLOv4: `xy_scale` the grid
+  sensitivity (`decode_yolo_boxes`), `nms="diou"` DIoU-NMS with exponent `diou_beta`."""
   flat, grid_shapes = _flatten(outputs["raw"])
-  boxes = decode_yolo_boxes(flat, grid_shapes=grid_shapes, strides=STRIDES, anchors=anchors)
+  boxes = decode_yolo_boxes(flat, grid_shapes=grid_shapes, strides=STRIDES, anchors=anchors, xy_scale=xy_scale)
   scores = jax.nn.sigmoid(flat[..., 4:5]) * jax.nn.sigmoid(flat[..., 5:])
   level_sizes = [h * w * a.shape[0] for (h, w), a in zip(grid_shapes, anchors, strict=True)]
   h, w = grid_shapes[0]
   size = tuple(image_shape) if image_shape is not None else (h * STRIDES[0], w * STRIDES[0])
   return select_detections(boxes, scores, level_sizes=level_sizes,
                            candidates_per_level=max(level_sizes) * scores.shape[-1], score_threshold=score_threshold,
-                           iou_threshold=iou_threshold, max_detections=max_detections, image_shape=size)
+                           iou_threshold=iou_threshold, max_detections=max_detections, image_shape=size, nms=nms,
+                           diou_beta=diou_beta)
 
 
-def build_yolov3(*, num_classes: int, anchors: Sequence[Sequence[float]] = COCO_ANCHORS, width: int = 32,
-                 depths: Sequence[int] = DARKNET53_DEPTHS, coord_scale: float = 1.0, object_scale: float = 1.0,
-                 noobject_scale: float = 1.0, class_scale: float = 1.0, ignore_threshold: float = 0.5,
-                 score_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int = 100,
-                 dtype: Any = jnp.float32) -> Detector:
-  """Returns the YOLOv3 `Detector` (see the module docstring); `anchors` are (w, h) pairs in input pixels, a
-  multiple of 3 of them (split by `split_anchors` over strides 8, 16, 32)."""
+def check_dtype(dtype: Any, name: str) -> Any:
+  """Returns `dtype` as a NumPy dtype; float32, bfloat16 or float16, else a ValueError naming the detector."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
-    raise ValueError(f"YOLOv3 computes in float32, bfloat16 or float16, got dtype {dtype}")
-  per_scale = split_anchors(anchors)
-  module = YOLOv3(num_classes=num_classes, anchors_per_scale=per_scale[0].shape[0], width=width, depths=tuple(depths),
-                  dtype=dtype)
+    raise ValueError(f"{name} computes in float32, bfloat16 or float16, got dtype {dtype}")
+  return dtype
+
+
+def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_classes: int, name: str = "YOLOv3",
+                  coord_scale: float = 1.0, object_scale: float = 1.0, noobject_scale: float = 1.0,
+                  class_scale: float = 1.0, ignore_threshold: float = 0.5, score_threshold: float = 0.005,
+                  iou_threshold: float = 0.45, max_detections: int = 100, anchor_iou_threshold: float | None = None,
+                  xy_scale: float | Sequence[float] = 1.0, box_loss: str = "yolov3", label_smoothing: float = 0.0,
+                  nms: str = "iou", diou_beta: float = 1.0, sat_steps: int = 0, sat_epsilon: float = 4.0) -> Detector:
+  """Returns the `Detector` of a three-scale YOLO `module` (output `{"raw": (...)}` at strides 8, 16, 32) with
+  anchors `per_scale` (`split_anchors`): YOLOv3's assignment, loss and decoding plus YOLOv4's tricks, each off by
+  default (module docstring):
+    anchor_iou_threshold: None (or 1), or every anchor above this shape IoU is responsible too (`yolo_targets`;
+      darknet 0.213);
+    xy_scale: grid sensitivity s, one or one per scale (1: off; darknet yolov4.cfg 1.2, 1.1, 1.05);
+    box_loss: "yolov3" or "ciou" (`yolov3_loss`); label_smoothing: eps (0: off);
+    nms: "iou" or "diou" (DIoU-NMS with exponent `diou_beta`);
+    sat_steps: self-adversarial steps of `sat_epsilon` pixels before each training step (0: off).
+  """
+  if anchor_iou_threshold is not None and not 0.0 <= anchor_iou_threshold <= 1.0:
+    raise ValueError(f"anchor_iou_threshold must be None or in [0, 1] (1: the best anchor only), got "
+                     f"{anchor_iou_threshold}")
+  if sat_steps < 0:
+    raise ValueError(f"sat_steps must be >= 0 (0: no self-adversarial training), got {sat_steps}")
+  xy_scale = tuple(float(v) for v in xy_scale) if isinstance(xy_scale, (tuple, list)) else float(xy_scale)
+  if isinstance(xy_scale, tuple) and len(xy_scale) != len(STRIDES) or min(np.atleast_1d(xy_scale)) < 1.0:
+    raise ValueError(f"xy_scale must be one factor >= 1 or one per scale ({len(STRIDES)}), got {xy_scale}")
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape
     if h % STRIDES[-1] or w % STRIDES[-1]:
-      raise ValueError(f"YOLOv3 needs image sides that are multiples of {STRIDES[-1]}, got {h}x{w}")
+      raise ValueError(f"{name} needs image sides that are multiples of {STRIDES[-1]}, got {h}x{w}")
     grids = [(h // s, w // s) for s in STRIDES]
     targets_fn = lambda b, l, v, c: yolo_targets(  # noqa: E731
-        b, l, v, c, grid_shapes=grids, strides=STRIDES, anchors=per_scale)
+        b, l, v, c, grid_shapes=grids, strides=STRIDES, anchors=per_scale, anchor_iou_threshold=anchor_iou_threshold)
     return jax.vmap(targets_fn)(batch["boxes"], batch["labels"], batch["valid"], batch["crowd"])
 
   def loss(outputs, targets):
     flat, grid_shapes = _flatten(outputs["raw"])
     return yolov3_loss(flat, targets, grid_shapes=grid_shapes, strides=STRIDES, anchors=per_scale,
                        coord_scale=coord_scale, object_scale=object_scale, noobject_scale=noobject_scale,
-                       class_scale=class_scale, ignore_threshold=ignore_threshold)
+                       class_scale=class_scale, ignore_threshold=ignore_threshold, box_loss=box_loss,
+                       xy_scale=xy_scale, label_smoothing=label_smoothing)
 
   def postprocess(outputs, image_shape=None):
     return yolov3_decode(outputs, anchors=per_scale, image_shape=image_shape, score_threshold=score_threshold,
-                         iou_threshold=iou_threshold, max_detections=max_detections)
+                         iou_threshold=iou_threshold, max_detections=max_detections, xy_scale=xy_scale, nms=nms,
+                         diou_beta=diou_beta)
 
-  return Detector(module=module, assign=assign, loss=loss, postprocess=postprocess, num_classes=num_classes)
+  def hide_objects(outputs, targets):
+    # SAT's stage-1 objective: the objectness cross-entropy (target 1) of the predictors responsible for objects;
+    # raising it lowers their objectness alone, where raising the whole loss also raises the background's.
+    flat, _ = _flatten(outputs["raw"])
+    positive = targets["positive"]
+    missed = jnp.where(positive, jax.nn.softplus(-flat[..., 4]), 0.0)
+    return (jnp.sum(missed) / jnp.maximum(jnp.sum(positive), 1),)
+
+  alter_batch = (self_adversarial_batch(module, hide_objects, steps=sat_steps, epsilon=sat_epsilon)
+                 if sat_steps else None)
+  return Detector(module=module, assign=assign, loss=loss, postprocess=postprocess, num_classes=num_classes,
+                  alter_batch=alter_batch)
+
+
+def build_yolov3(*, num_classes: int, anchors: Sequence[Sequence[float]] = COCO_ANCHORS, width: int = 32,
+                 depths: Sequence[int] = DARKNET53_DEPTHS, cmbn: int = 1, dtype: Any = jnp.float32,
+                 **options: Any) -> Detector:
+  """Returns the YOLOv3 `Detector` (see the module docstring); `anchors` are (w, h) pairs in input pixels, a
+  multiple of 3 of them (split by `split_anchors` over strides 8, 16, 32). `options` are `yolo_detector`'s (loss
+  weights, thresholds, and the YOLOv4 tricks, all off unless given); `cmbn` > 1 turns batch norm into CmBN."""
+  per_scale = split_anchors(anchors)
+  module = YOLOv3(num_classes=num_classes, anchors_per_scale=per_scale[0].shape[0], width=width, depths=tuple(depths),
+                  cmbn=cmbn, dtype=check_dtype(dtype, "YOLOv3"))
+  return yolo_detector(module, per_scale, num_classes=num_classes, name="YOLOv3", **options)

@@ -8,7 +8,9 @@ Assignment (`yolo_targets`, outputs-independent, on device): each object goes to
 has the best shape IoU with it (centres aligned; over the anchors of every scale, so in YOLOv3 the best anchor also
 picks the scale) in the cell of that scale holding its centre (darknet `bias_match=1`). Two objects on one
 predictor: the larger box wins (ties: the first listed) -- darknet lets the last one listed overwrite the others.
-The ignore rule (`best_truth_iou`) reads the predictions, so the loss applies it.
+YOLOv4 (`anchor_iou_threshold`, darknet's `iou_thresh`) also makes every other anchor whose shape IoU with the
+object exceeds the threshold responsible for it, in its own scale's cell. The ignore rule (`best_truth_iou`)
+reads the predictions, so the loss applies it.
 
 The YOLOv2 loss (`yolo_loss`), as darknet's `region_layer.c` with yolo-voc.cfg computes its gradients
 (coord_scale 1, object_scale 5, noobject_scale 1, class_scale 1, thresh 0.6, rescore 1, softmax 1):
@@ -34,6 +36,10 @@ cross-entropies on the logits:
   `ignore_threshold` (0.5), over the predictions of every scale. No prior term.
 Scale factors (`coord_scale`, `object_scale`, `noobject_scale`, `class_scale`, all 1 in darknet) weight the terms.
 The x, y terms are cross-entropies against soft targets, so they bottom out at the targets' entropy, not at 0.
+
+YOLOv4's options of `yolov3_loss`: the grid-sensitivity scale s of the decoded centre (s sigma(t) - (s - 1) / 2,
+`decode_yolo_boxes`; the x, y targets follow, `offset_targets`), the CIoU box loss in place of the x, y, w, h
+terms, and label smoothing of the class targets.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from jaxdet.ops.boxes import box_area, clip_boxes, is_valid_box, xyxy_to_cxcywh
 from jaxdet.ops.coders import decode_yolo
 from jaxdet.ops.iou import elementwise_iou, pairwise_iou
 from jaxdet.ops.kmeans import wh_iou
-from jaxdet.ops.losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
+from jaxdet.ops.losses import ciou_loss, sigmoid_binary_cross_entropy, softmax_cross_entropy
 
 
 def _shape_list(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Array]) -> list[int]:
@@ -56,19 +62,23 @@ def _shape_list(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Ar
 
 def yolo_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
                  grid_shapes: Sequence[tuple[int, int]], strides: Sequence[int],
-                 anchors: Sequence[jax.Array]) -> dict[str, jax.Array]:
+                 anchors: Sequence[jax.Array], anchor_iou_threshold: float | None = None) -> dict[str, jax.Array]:
   """Returns one image's anchor-based YOLO targets (vmap for a batch).
 
   Args:
     boxes: `[M, 4]` xyxy input pixels; labels: int `[M]`; valid, crowd: bool `[M]` (padded ground truth).
     grid_shapes: (h, w) of each output scale; strides: its pixels per cell (the image is h * stride high).
     anchors: per scale, `[A_s, 2]` anchor (w, h) in input pixels.
+    anchor_iou_threshold: None (YOLOv2/v3): each object goes to its best anchor only. A number (YOLOv4, darknet's
+      `iou_thresh`, 0.213 in yolov4.cfg): also to every other anchor, of any scale, whose shape IoU with the object
+      is strictly above it, each in the cell of its scale holding the centre. Several objects on one predictor:
+      the larger box keeps it (ties: the first listed), as for the best anchors.
 
   Returns a dict of (N = sum over scales of h w A_s, in the order of the module docstring)
     positive `[N]` bool: the predictor is responsible for an object (1^obj).
     box `[N, 4]` xyxy pixels of its object; offset `[N, 2]` the centre in its cell, in [0, 1];
-    log_wh `[N, 2]` (log(w / anchor w), log(h / anchor h)); label `[N]` int32; area `[N]` the object's
-    area as a fraction of the image's (the (2 - w h) scale's w h). Zeros where not positive.
+    log_wh `[N, 2]` (log(w / anchor w), log(h / anchor h)) for the predictor's anchor; label `[N]` int32; area
+    `[N]` the object's area as a fraction of the image's (the (2 - w h) scale's w h). Zeros where not positive.
     truth `[M, 4]` the clipped boxes and truth_valid `[M]` the non-degenerate valid ones, crowd included: the
     "any truth" of the ignore rule.
   """
@@ -80,35 +90,44 @@ def yolo_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: j
   positive = truth_valid & ~jnp.asarray(crowd, bool)
   cxcywh = xyxy_to_cxcywh(jnp.where(positive[:, None], boxes, jnp.array([0.0, 0.0, 1.0, 1.0])))
 
+  # One (object m, anchor k) pair per object and anchor of every scale: the pair is assigned when k is the
+  # object's best anchor (first of the best) or, with a threshold, when their shape IoU exceeds it.
   all_anchors = jnp.concatenate([jnp.asarray(a, jnp.float32) for a in anchors], axis=0)  # [K, 2]
-  best = jnp.argmax(wh_iou(cxcywh[:, 2:], all_anchors), axis=1)  # [M], first of the best
-  index = jnp.zeros_like(best)
-  offset = jnp.zeros((boxes.shape[0], 2), jnp.float32)
-  first_anchor, first_pred = 0, 0
+  shape_iou = wh_iou(cxcywh[:, 2:], all_anchors)  # [M, K]
+  k_all = all_anchors.shape[0]
+  assigned = jnp.arange(k_all)[None, :] == jnp.argmax(shape_iou, axis=1)[:, None]
+  if anchor_iou_threshold is not None:
+    assigned |= shape_iou > anchor_iou_threshold
+  assigned &= positive[:, None]
+  index, offset = [], []
+  first_pred = 0
   for (h, w), stride, a in zip(grid_shapes, strides, anchors, strict=True):
-    num = a.shape[0]
-    here = (best >= first_anchor) & (best < first_anchor + num)
     grid = cxcywh[:, :2] / stride
     col = jnp.clip(jnp.floor(grid[:, 0]), 0, w - 1)
     row = jnp.clip(jnp.floor(grid[:, 1]), 0, h - 1)
-    flat = first_pred + ((row * w + col) * num + best - first_anchor).astype(best.dtype)
-    index = jnp.where(here, flat, index)
-    offset = jnp.where(here[:, None], grid - jnp.stack([col, row], axis=-1), offset)
-    first_anchor += num
-    first_pred += h * w * num
+    cell = first_pred + ((row * w + col) * a.shape[0]).astype(jnp.int32)  # [M]
+    index.append(cell[:, None] + jnp.arange(a.shape[0], dtype=jnp.int32)[None, :])  # [M, A_s]
+    in_cell = grid - jnp.stack([col, row], axis=-1)
+    offset.append(jnp.broadcast_to(in_cell[:, None, :], (boxes.shape[0], a.shape[0], 2)))
+    first_pred += h * w * a.shape[0]
   n = first_pred
+  index = jnp.concatenate(index, axis=1).reshape(-1)  # [M K], object-major
+  offset = jnp.concatenate(offset, axis=1).reshape(-1, 2)
+  log_wh = jnp.log(cxcywh[:, None, 2:] / jnp.maximum(all_anchors[None], 1e-6)).reshape(-1, 2)
+  pair_object = jnp.repeat(jnp.arange(boxes.shape[0]), k_all)
+  pair_area = jnp.where(assigned.reshape(-1), box_area(boxes)[pair_object], -1.0)
 
-  holds = positive[:, None] & (index[:, None] == jnp.arange(n)[None, :])  # [M, N]
-  owner = jnp.argmax(jnp.where(holds, box_area(boxes)[:, None], -1.0), axis=0)  # first of the largest
+  holds = assigned.reshape(-1)[:, None] & (index[:, None] == jnp.arange(n)[None, :])  # [M K, N]
+  owner = jnp.argmax(jnp.where(holds, pair_area[:, None], -1.0), axis=0)  # first of the largest: lower m on ties
   has = jnp.any(holds, axis=0)
-  log_wh = jnp.log(cxcywh[:, 2:] / jnp.maximum(all_anchors[best], 1e-6))
 
   def pick(x):
     return jnp.where(has.reshape((-1,) + (1,) * (x.ndim - 1)), x[owner], 0)
 
-  return {"positive": has, "box": pick(boxes), "offset": pick(offset), "log_wh": pick(log_wh),
-          "label": pick(jnp.asarray(labels, jnp.int32)), "area": pick(box_area(boxes) / (height * width)),
-          "truth": boxes, "truth_valid": truth_valid}
+  per_object = lambda x: x[pair_object]  # noqa: E731
+  return {"positive": has, "box": pick(per_object(boxes)), "offset": pick(offset), "log_wh": pick(log_wh),
+          "label": pick(per_object(jnp.asarray(labels, jnp.int32))),
+          "area": pick(per_object(box_area(boxes) / (height * width))), "truth": boxes, "truth_valid": truth_valid}
 
 
 def yolo_cells(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Array]) -> jax.Array:
@@ -121,16 +140,39 @@ def yolo_cells(grid_shapes: Sequence[tuple[int, int]], anchors: Sequence[jax.Arr
   return jnp.concatenate(cells).astype(jnp.int32)
 
 
+def _per_scale(values: float | Sequence[float], num_scales: int, name: str) -> tuple[float, ...]:
+  values = tuple(float(v) for v in values) if isinstance(values, (tuple, list)) else (float(values),) * num_scales
+  if len(values) != num_scales:
+    raise ValueError(f"{name} needs one value or one per scale ({num_scales}), got {values}")
+  return values
+
+
 def decode_yolo_boxes(raw: jax.Array, *, grid_shapes: Sequence[tuple[int, int]], strides: Sequence[int],
-                      anchors: Sequence[jax.Array]) -> jax.Array:
-  """Returns `[..., N, 4]` xyxy input pixels of raw predictions `[..., N, >= 4]`: centre (sigma(t) + cell) x stride,
-  size anchor x exp(t) (`decode_yolo` at each scale; t_w, t_h clamped at log(1000 / 16))."""
+                      anchors: Sequence[jax.Array], xy_scale: float | Sequence[float] = 1.0) -> jax.Array:
+  """Returns `[..., N, 4]` xyxy input pixels of raw predictions `[..., N, >= 4]`: centre (s sigma(t) - (s - 1) / 2
+  + cell) x stride, size anchor x exp(t) (`decode_yolo` at each scale; t_w, t_h clamped at log(1000 / 16)).
+
+  `xy_scale`: YOLOv4's grid sensitivity s, one value or one per scale (darknet yolov4.cfg: 1.2, 1.1, 1.05 from
+  stride 8 to 32); 1 is YOLOv2/v3's decoding.
+  """
   cells = yolo_cells(grid_shapes, anchors)
+  sizes = _shape_list(grid_shapes, anchors)
   anchor_wh = jnp.concatenate([jnp.broadcast_to(jnp.asarray(a, jnp.float32), (h * w, *a.shape)).reshape(-1, 2)
                                for (h, w), a in zip(grid_shapes, anchors, strict=True)])
-  stride = jnp.concatenate([jnp.full((n,), s, jnp.float32)
-                            for n, s in zip(_shape_list(grid_shapes, anchors), strides, strict=True)])
-  return decode_yolo(raw[..., :4], anchor_wh, cells, stride=stride)
+  stride = jnp.concatenate([jnp.full((n,), s, jnp.float32) for n, s in zip(sizes, strides, strict=True)])
+  scales = _per_scale(xy_scale, len(sizes), "xy_scale")
+  if all(v == 1.0 for v in scales):
+    return decode_yolo(raw[..., :4], anchor_wh, cells, stride=stride)
+  scale = jnp.concatenate([jnp.full((n,), v, jnp.float32) for n, v in zip(sizes, scales, strict=True)])
+  return decode_yolo(raw[..., :4], anchor_wh, cells, stride=stride, xy_scale=scale)
+
+
+def offset_targets(offset: jax.Array, xy_scale: jax.Array | float) -> jax.Array:
+  """Returns `[..., 2]` the targets of sigma(t_x), sigma(t_y) for centre offsets `[..., 2]` in [0, 1] of the cell
+  under grid sensitivity s (`xy_scale`, broadcastable): the solution of s sigma - (s - 1) / 2 = offset,
+  (offset + (s - 1) / 2) / s, in [(s - 1) / 2s, (s + 1) / 2s]; the offset itself at s = 1."""
+  s = jnp.asarray(xy_scale, jnp.float32)
+  return (offset + (s - 1) / 2) / s
 
 
 def best_truth_iou(pred_boxes: jax.Array, truth: jax.Array, truth_valid: jax.Array) -> jax.Array:
@@ -186,35 +228,60 @@ def yolo_loss(raw: jax.Array, targets: dict[str, jax.Array], *, grid_shapes: Seq
                 "ignored_fraction": jnp.mean(ignored.astype(jnp.float32))}
 
 
+BOX_LOSSES = ("yolov3", "ciou")
+
+
 def yolov3_loss(raw: jax.Array, targets: dict[str, jax.Array], *, grid_shapes: Sequence[tuple[int, int]],
                 strides: Sequence[int], anchors: Sequence[jax.Array], coord_scale: float = 1.0,
                 object_scale: float = 1.0, noobject_scale: float = 1.0, class_scale: float = 1.0,
-                ignore_threshold: float = 0.5) -> tuple[jax.Array, dict[str, jax.Array]]:
+                ignore_threshold: float = 0.5, box_loss: str = "yolov3", xy_scale: float | Sequence[float] = 1.0,
+                label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Returns `(loss, metrics)`: the YOLOv3 loss of the module docstring over a batch, summed over predictors and
-  averaged over images.
+  averaged over images; YOLOv4's options change three of its terms.
 
   Args:
     raw: `[B, N, 5 + C]` predictions of every scale, flattened and concatenated (module docstring).
     targets: `yolo_targets`' output for the same scales, batched.
     grid_shapes, strides, anchors: as for `yolo_targets`.
+    box_loss: "yolov3" (BCE on x, y, squared error on the log sizes, weighted (2 - w h)) or "ciou" (YOLOv4:
+      coord_scale x (1 - CIoU) between the decoded prediction and its object, `jaxdet.ops.ciou_loss`; darknet's
+      `iou_loss=ciou` has no (2 - w h) weight either). The metric is `box_loss` for "ciou", `xy_loss` + `wh_loss`
+      for "yolov3".
+    xy_scale: YOLOv4's grid sensitivity s (one value or one per scale, `decode_yolo_boxes`); the x, y BCE targets
+      become `offset_targets`, so the decoded centre still lands on the object's.
+    label_smoothing: eps; the class BCE targets become (1 - eps) one_hot + eps / C (Szegedy et al. 2016 for C
+      classes; darknet's yolo layer writes 1 - eps for the labelled class and eps / C for the others).
   """
+  if box_loss not in BOX_LOSSES:
+    raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
   b, _, depth = raw.shape
-  pred_boxes = jax.lax.stop_gradient(decode_yolo_boxes(raw, grid_shapes=grid_shapes, strides=strides,
-                                                       anchors=anchors))
+  decoded = decode_yolo_boxes(raw, grid_shapes=grid_shapes, strides=strides, anchors=anchors, xy_scale=xy_scale)
+  pred_boxes = jax.lax.stop_gradient(decoded)
   pos = targets["positive"]
   best = jax.lax.stop_gradient(best_truth_iou(pred_boxes, targets["truth"], targets["truth_valid"]))
   ignored = ~pos & (best > ignore_threshold)
 
   where = lambda mask, x: jnp.sum(jnp.where(mask, x, 0.0))  # noqa: E731
-  scale = coord_scale * (2.0 - targets["area"])
-  xy = where(pos, scale * jnp.sum(sigmoid_binary_cross_entropy(raw[..., 0:2], targets["offset"]), -1))
-  wh = where(pos, scale * 0.5 * jnp.sum(jnp.square(raw[..., 2:4] - targets["log_wh"]), -1))
+  if box_loss == "ciou":
+    box_terms = {"box_loss": coord_scale * where(pos, ciou_loss(decoded, targets["box"]))}
+  else:
+    sizes = _shape_list(grid_shapes, anchors)
+    scale_xy = jnp.concatenate([jnp.full((n,), v, jnp.float32)
+                                for n, v in zip(sizes, _per_scale(xy_scale, len(sizes), "xy_scale"), strict=True)])
+    xy_target = offset_targets(targets["offset"], scale_xy[:, None])
+    scale = coord_scale * (2.0 - targets["area"])
+    box_terms = {"xy_loss": where(pos, scale * jnp.sum(sigmoid_binary_cross_entropy(raw[..., 0:2], xy_target), -1)),
+                 "wh_loss": where(pos, scale * 0.5 * jnp.sum(jnp.square(raw[..., 2:4] - targets["log_wh"]), -1))}
   obj = object_scale * where(pos, sigmoid_binary_cross_entropy(raw[..., 4], 1.0))
   noobj = noobject_scale * where(~pos & ~ignored, sigmoid_binary_cross_entropy(raw[..., 4], 0.0))
-  one_hot = jax.nn.one_hot(targets["label"], depth - 5, dtype=jnp.float32)
-  cls = class_scale * where(pos, jnp.sum(sigmoid_binary_cross_entropy(raw[..., 5:], one_hot), -1))
+  num_classes = depth - 5
+  class_target = jax.nn.one_hot(targets["label"], num_classes, dtype=jnp.float32)
+  class_target = class_target * (1.0 - label_smoothing) + label_smoothing / num_classes
+  cls = class_scale * where(pos, jnp.sum(sigmoid_binary_cross_entropy(raw[..., 5:], class_target), -1))
 
-  terms = {"xy_loss": xy, "wh_loss": wh, "obj_loss": obj, "noobj_loss": noobj, "class_loss": cls}
+  terms = {**box_terms, "obj_loss": obj, "noobj_loss": noobj, "class_loss": cls}
   terms = {k: v / b for k, v in terms.items()}
   loss = sum(terms.values())
   num_pos = jnp.sum(pos)

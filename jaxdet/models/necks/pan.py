@@ -36,6 +36,7 @@ class YOLOv4Neck(nn.Module):
 
   width: int = 32
   spp: bool = True
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -43,7 +44,8 @@ class YOLOv4Neck(nn.Module):
     missing = [s for s in (8, 16, 32) if s not in features]
     if missing:
       raise ValueError(f"the backbone has no map at strides {missing} (it has {sorted(features)})")
-    conv = lambda c, k, name, s=1: ConvBNLeaky(max(1, c), k, strides=s, dtype=self.dtype, name=name)  # noqa: E731
+    conv = lambda c, k, name, s=1: ConvBNLeaky(max(1, c), k, strides=s, cmbn=self.cmbn, dtype=self.dtype,  # noqa: E731
+                                               name=name)
 
     def five(x, c, prefix):  # 1x1 c, 3x3 2c, 1x1 c, 3x3 2c, 1x1 c
       for i, (channels, kernel) in enumerate([(c, 1), (2 * c, 3)] * 2 + [(c, 1)]):

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.cmbn import batch_norm
+
 
 class PointwiseAttention(nn.Module):
   """Returns `x * sigmoid(bn(conv(x)))` for `x [B, H, W, C]`: YOLOv4's modified SAM (module docstring).
@@ -25,6 +27,7 @@ class PointwiseAttention(nn.Module):
 
   kernel_size: int = 1
   batch_norm: bool = True
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -32,5 +35,5 @@ class PointwiseAttention(nn.Module):
     k = self.kernel_size
     a = nn.Conv(x.shape[-1], (k, k), padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
-      a = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(a)
+      a = batch_norm(self.cmbn, train=train, dtype=self.dtype)(a)
     return x * jax.nn.sigmoid(a).astype(x.dtype)

@@ -36,6 +36,7 @@ class YOLOv3Neck(nn.Module):
 
   strides: Sequence[int] = (8, 16, 32)
   width: int = 32
+  cmbn: int = 1  # CmBN mini-batches (jaxdet.models.cmbn); 1: plain batch norm
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -46,7 +47,7 @@ class YOLOv3Neck(nn.Module):
     missing = [s for s in strides if s not in features]
     if missing:
       raise ValueError(f"the backbone has no map at strides {missing} (it has {sorted(features)})")
-    conv = lambda c, k, name: ConvBNLeaky(max(1, c), k, dtype=self.dtype, name=name)  # noqa: E731
+    conv = lambda c, k, name: ConvBNLeaky(max(1, c), k, cmbn=self.cmbn, dtype=self.dtype, name=name)  # noqa: E731
     outputs, lateral = {}, None
     for level, stride in enumerate(reversed(strides)):
       wide = 32 * self.width // 2 ** level  # 3x3 channels: 1024, 512, 256 in the paper
