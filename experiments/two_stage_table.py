@@ -49,7 +49,8 @@ def read_json(path: str) -> Any:
 
 def validation_ap(run_dir: str, step: int) -> float:
   """Returns the validation AP recorded for `step` (metrics.jsonl, else eval_validation.json of that step)."""
-  val = [r["val/AP"] for r in run_records.metric_records(run_dir) if r.get("step") == step and r.get("val/AP") is not None]
+  val = [r["val/AP"] for r in run_records.metric_records(run_dir)
+         if r.get("step") == step and r.get("val/AP") is not None]
   if val:
     return val[-1]
   path = os.path.join(run_dir, "eval_validation.json")

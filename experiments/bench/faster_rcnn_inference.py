@@ -13,9 +13,9 @@ training size the same weights see the test images letterboxed up (jaxdet's eval
 measurement, not an accuracy one. Timed: jaxdet's `predict` to `block_until_ready` (compilation apart, first call);
 torchvision's `model(images)` under `torch.inference_mode()` in eval mode (one warm-up call). Both get the same float
 images; host-side batching is not timed. Besides wall time, each call's CPU time (the process's, all threads) is
-reported: on a core shared with other processes it is the steadier measure of what a call costs. Run it under `taskset -c 0` with `--threads=1` for a one-core comparison
-(XLA's CPU thread pool then has one core too). Needs torch and torchvision: run it in the peer environment
-(`experiments/bench/torchvision_cpu_peer.sh`).
+reported: on a core shared with other processes it is the steadier measure of what a call costs. Run it under
+`taskset -c 0` with `--threads=1` for a one-core comparison (XLA's CPU thread pool then has one core too). Needs
+torch and torchvision: run it in the peer environment (`experiments/bench/torchvision_cpu_peer.sh`).
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def main(argv):
   config = common.CONFIG.value
   if common.THREADS.value:
     torch.set_num_threads(common.THREADS.value)
-  print(f"machine: {machine.summary(machine.describe())}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"affinity {len(os.sched_getaffinity(0))} cores; batch {BATCH.value}, {REPEATS.value} repeats")
+  print(f"machine: {machine.summary(machine.describe())}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), affinity {len(os.sched_getaffinity(0))} cores; batch {BATCH.value}, "
+        f"{REPEATS.value} repeats")
   print(f"{'size':>5} {'model':<12} {'first call s':>12} {'img/s best':>11} {'img/s median':>13} {'jaxdet / torch':>15}"
         f" {'img/s of CPU':>13} {'jaxdet / torch':>15}")
   for size in map(int, SIZES.value):

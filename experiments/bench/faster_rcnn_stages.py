@@ -9,7 +9,8 @@ the RPN head), proposals (`generate_proposals` per image: per-level top-k, decod
 whole jitted predict step for comparison. Each stage's inputs are computed once beforehand; calls of all stages
 are interleaved round by round so that a changing machine load hits every stage alike. Reported per stage: the
 process's CPU time (all its threads; on one core it is what the stage costs, even while other processes take
-turns on that core) and the wall time, best and median of the rounds. Trained weights (the best checkpoint of `--workdir`) make the post-processing do a trained detector's work.
+turns on that core) and the wall time, best and median of the rounds. Trained weights (the best checkpoint of
+`--workdir`) make the post-processing do a trained detector's work.
 """
 
 from __future__ import annotations

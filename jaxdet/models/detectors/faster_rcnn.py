@@ -171,7 +171,8 @@ class FasterRCNN(nn.Module):
     head = self._box_head()
     if not train:
       out |= {"rois": proposals, "roi_valid": proposal_valid}
-      out |= self._roi_outputs(head(self._pool(maps, proposals, proposal_valid, train=False), train=False), proposals.shape[:2])
+      pooled = self._pool(maps, proposals, proposal_valid, train=False)
+      out |= self._roi_outputs(head(pooled, train=False), proposals.shape[:2])
       return self._extend(maps, out, train=False, targets=None, image_shape=image_shape)
 
     if targets is None:

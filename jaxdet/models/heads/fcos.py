@@ -23,8 +23,8 @@ class FCOSHead(nn.Module):
   bias starts at the prior `prior_prob` (RetinaNet's initialisation); centre-ness is predicted from the regression tower
   (FCOS's later "centerness on reg" improvement, also torchvision's) or, with `centerness_on_box_tower=False`, from the
   class tower (the paper's fig. 2). Each level l has a learned scalar s_l (init 1) on the regression output x:
-  `ltrb = relu(s_l x)` (`activation="relu"`, the reference code's `norm_reg_targets` form) or `exp(s_l x)` (the paper's form),
-  both in stride units.
+  `ltrb = relu(s_l x)` (`activation="relu"`, the reference code's `norm_reg_targets` form) or `exp(s_l x)` (the
+  paper's form), both in stride units.
 
   Differs from the reference in one initial value: the regression output's bias starts at 1 (relu) or 0 (exp), so
   every location first predicts a box one stride from it on each side. With the reference's zero bias and relu,
