@@ -266,11 +266,13 @@ class Pipeline:
     s = self.rc.svm
     result = train_svms(x * scale, y, key=jax.random.PRNGKey(self.config.seed), l2=s.l2,
                         positive_weight=s.positive_weight, initial_negatives=s.initial_negatives,
-                        max_rounds=s.max_rounds, steps=s.steps, learning_rate=s.learning_rate)
+                        max_rounds=s.max_rounds, steps=s.steps, learning_rate=s.learning_rate,
+                        refit_scale=s.refit_scale)
     self.save("svm", kernel=result.kernel * scale, bias=result.bias, scale=np.float32(scale),
               added=np.array(result.added), objective=np.array(result.objective))
     return {"positives": int(np.sum(y > 0)), "negatives": int(np.sum(y < 0)), "hard_added": result.added,
-            "objective": result.objective, "cached_negatives": int(np.sum(result.cache & (y < 0)))}
+            "objective": result.objective, "hard_left": result.hard_left,
+            "cached_negatives": int(np.sum(result.cache & (y < 0)))}
 
   def bbox(self) -> dict:
     f = self.load_features()

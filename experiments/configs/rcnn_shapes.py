@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rcnn.feature_proposals = 200
   c.rcnn.svm_negative_iou = 0.3
   c.rcnn.svm = ml_collections.ConfigDict(dict(l2=1e-3, positive_weight=2.0, initial_negatives=5000, max_rounds=5,
-                                              steps=300, learning_rate=1e-2))
+                                              steps=300, learning_rate=1e-2, refit_scale=0.1))
   c.rcnn.bbox_min_iou = 0.6
   c.rcnn.bbox_l2 = 1000.0
 
