@@ -30,9 +30,11 @@ def metric_records(run_dir: str) -> list[dict[str, Any]]:
 
 def training_spans(run_dir: str) -> list[tuple[float, float]]:
   """Returns `(start time, seconds)` of each start of train.py in `run_dir`, from its machine.jsonl line to the last
-  metrics record before the next start; [] when either record is missing."""
+  training or validation record (`train/...`, `val/...`) before the next start; [] when either is missing. Records
+  that eval.py appends later (`eval_<split>/...`) are not training time."""
   starts = [m["time"] for m in machine.read(run_dir) if "time" in m]
-  times = sorted(r["time"] for r in metric_records(run_dir) if "time" in r)
+  times = sorted(r["time"] for r in metric_records(run_dir)
+                 if "time" in r and any(k.startswith(("train/", "val/")) for k in r))
   if not starts or not times:
     return []
   spans = []

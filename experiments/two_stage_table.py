@@ -80,9 +80,9 @@ def rcnn_seconds(run_dir: str) -> float:
 
 def trained_on(config: dict[str, Any]) -> str:
   """Returns what a run trained on: images (steps x batch) or, for R-CNN, warped regions."""
-  model = config["model"]
-  if model["name"] == "rcnn":
-    regions = model["finetune_steps"] * (model["batch_positives"] + model["batch_negatives"])
+  if config["model"]["name"] == "rcnn":  # rcnn.py's fine-tuning: steps x (positives + background) warped regions
+    rc = config["rcnn"]
+    regions = rc["finetune_steps"] * (rc["batch_positives"] + rc["batch_negatives"])
     return f"{regions / 1e6:.2f} M regions"
   return f"{config['total_steps'] * config['batch_size'] / 1000:.1f}k images"
 
