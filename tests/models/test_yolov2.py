@@ -2,7 +2,6 @@
 ignore rule and the loss against a NumPy transcription of darknet's region layer; decode o encode; the image
 counter of the prior term; a short multi-scale run that lowers the loss with one compilation per size."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
