@@ -35,9 +35,8 @@ from absl import app, flags  # noqa: E402
 
 from experiments import machine  # noqa: E402
 from experiments.peers import faster_rcnn as peer  # noqa: E402
-from jaxdet.train import inputs  # noqa: E402
+from experiments.bench.sized import sized_batch_and_variables  # noqa: E402
 from jaxdet.train.evaluate import make_predict_fn  # noqa: E402
-from jaxdet.train.loop import build_model, initial_state, restore_variables  # noqa: E402
 
 PEER_WEIGHTS = flags.DEFINE_string("peer_weights", None, "torchvision state dict (a peer run's best.pt); "
                                    "default: freshly initialised weights.")
@@ -72,16 +71,8 @@ def rates(first: float, times: list[float], cpu: list[float], batch_size: int) -
 
 def measure(config, workdir: str | None, size: int, batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
   """Returns per model ("jaxdet", "torchvision") images/s (best, median) and its first call's seconds at `size`."""
-  config = config.copy_and_resolve_references()
-  config.data.image_size = size
-  config.eval_batch_size = batch_size
-  source = inputs.build_source(config, "test")
-  batch = next(iter(inputs.eval_loader(config, source)))
-  detector = build_model(config, source.num_classes)
-  if workdir:
-    variables, _ = restore_variables(config, workdir, detector, which="best")
-  else:
-    variables = initial_state(config, detector)[0].variables()
+  config, source, batch, detector, variables = sized_batch_and_variables(config, workdir, size=size,
+                                                                        batch_size=batch_size)
   predict = make_predict_fn(detector)
   out = {}
   out["jaxdet"] = rates(*timed(lambda: jax.block_until_ready(predict(variables, batch)), repeats), batch_size)

@@ -35,9 +35,8 @@ from jaxdet.models.necks.fpn import FPN  # noqa: E402
 from jaxdet.ops.images import normalize_image  # noqa: E402
 from jaxdet.ops.proposals import generate_proposals  # noqa: E402
 from jaxdet.ops.roi_levels import multilevel_roi_align  # noqa: E402
-from jaxdet.train import inputs  # noqa: E402
+from experiments.bench.sized import sized_batch_and_variables  # noqa: E402
 from jaxdet.train.evaluate import make_predict_fn  # noqa: E402
-from jaxdet.train.loop import build_model, initial_state, restore_variables  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "jaxdet config file (a Faster R-CNN + FPN config).")
 WORKDIR = flags.DEFINE_string("workdir", None, "Run whose best checkpoint is measured (default: fresh weights).")
@@ -88,16 +87,8 @@ def stages(detector, image_shape):
 
 
 def measure(config, size: int, batch_size: int, rounds: int):
-  config = config.copy_and_resolve_references()
-  config.data.image_size = size
-  config.eval_batch_size = batch_size
-  source = inputs.build_source(config, "test")
-  batch = next(iter(inputs.eval_loader(config, source)))
-  detector = build_model(config, source.num_classes)
-  if WORKDIR.value:
-    variables, _ = restore_variables(config, WORKDIR.value, detector, which="best")
-  else:
-    variables = initial_state(config, detector)[0].variables()
+  _, _, batch, detector, variables = sized_batch_and_variables(config, WORKDIR.value, size=size,
+                                                               batch_size=batch_size)
   images = jnp.asarray(batch["image"])
   fns = {k: jax.jit(f) for k, f in stages(detector, (size, size)).items()}
   predict = make_predict_fn(detector)
