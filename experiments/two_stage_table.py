@@ -101,6 +101,7 @@ def seed_result(row_dir: str, run_dir: str) -> dict[str, Any]:
 
 
 def table(workdir: str, speed: dict[str, Any] | None) -> str:
+  """Returns the markdown table of the ROWS that have finished runs in `workdir` (`speed`: two_stage_speed's json)."""
   seconds = {r["detector"]: r["total_s_per_image"] for r in (speed or {}).get("rows", [])}
   header = ["detector", "AP (test)", "AP50", "AP75", "AR100", "val AP", "trained on", "train min",
             "test s / image", "seeds", "machine"]
@@ -123,6 +124,7 @@ def table(workdir: str, speed: dict[str, Any] | None) -> str:
 
 
 def block(workdir: str, speed_path: str | None) -> str:
+  """Returns what goes between the README markers: what the numbers are, the table, and the command."""
   speed = read_json(speed_path) if speed_path else None
   notes = [f"COCO box metrics on `test` of each run's best-validation checkpoint; {zoo_table.SPREAD}.",
            "", table(workdir, speed), "",
