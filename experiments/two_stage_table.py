@@ -31,13 +31,15 @@ from absl import app, flags  # noqa: E402
 from experiments import machine, run_records, zoo_table  # noqa: E402
 
 BEGIN, END = "<!-- two_stage:begin -->", "<!-- two_stage:end -->"
-# (table name, run folder, detector name in two_stage_speed.py's json, what it is)
+# (table name, run folder, detector name in two_stage_speed.py's json, what it is, folder of the run whose training
+# it is when not its own)
 ROWS = (
-    ("R-CNN, SVMs", "rcnn_shapes", "R-CNN (SVM)", "warped regions -> CNN -> per-class linear SVMs"),
-    ("R-CNN, softmax", "rcnn_softmax_shapes", "R-CNN (SVM)", "the same CNN scored by its fine-tuned softmax"),
-    ("Fast R-CNN", "fast_rcnn_shapes", "Fast R-CNN", "one pass per image, RoI Pool over selective search"),
-    ("Fast R-CNN, SVD", "fast_rcnn_svd_shapes", "Fast R-CNN, SVD (64, 32)", "fc6 / fc7 truncated to ranks 64 / 32"),
-    ("Faster R-CNN", "faster_rcnn_shapes", "Faster R-CNN", "the RPN replaces selective search"),
+    ("R-CNN, SVMs", "rcnn_shapes", "R-CNN (SVM)", "warped regions -> CNN -> per-class linear SVMs", None),
+    ("R-CNN, softmax", "rcnn_softmax_shapes", "R-CNN (SVM)", "the same CNN scored by its fine-tuned softmax", None),
+    ("Fast R-CNN", "fast_rcnn_shapes", "Fast R-CNN", "one pass per image, RoI Pool over selective search", None),
+    ("Fast R-CNN, SVD", "fast_rcnn_svd_shapes", "Fast R-CNN, SVD (64, 32)", "fc6 / fc7 truncated to ranks 64 / 32",
+     "fast_rcnn_shapes"),  # compressed from Fast R-CNN's run of the same seed
+    ("Faster R-CNN", "faster_rcnn_shapes", "Faster R-CNN", "the RPN replaces selective search", None),
 )
 METRICS = ("AP", "AP50", "AP75", "AR100")
 
@@ -87,13 +89,11 @@ def trained_on(config: dict[str, Any]) -> str:
   return f"{config['total_steps'] * config['batch_size'] / 1000:.1f}k images"
 
 
-def seed_result(row_dir: str, run_dir: str) -> dict[str, Any]:
-  """Returns one seed's numbers: `test` (eval_test.json), `val_AP`, `train_seconds`, `trained_on`, `machines`."""
+def seed_result(run_dir: str, trained_dir: str) -> dict[str, Any]:
+  """Returns one seed's numbers: `test` (eval_test.json), `val_AP`, `train_seconds`, `trained_on`, `machines`;
+  `trained_dir` is the run whose training it is (`run_dir` itself, or the run a compressed checkpoint came from)."""
   test = read_json(os.path.join(run_dir, "eval_test.json"))
   config = read_json(os.path.join(run_dir, "config.json"))
-  trained_dir = run_dir
-  if os.path.basename(row_dir) == "fast_rcnn_svd_shapes":  # compressed from Fast R-CNN's run of the same seed
-    trained_dir = os.path.join(os.path.dirname(row_dir), "fast_rcnn_shapes", os.path.basename(run_dir))
   seconds = rcnn_seconds(run_dir) if config["model"]["name"] == "rcnn" else train_py_seconds(trained_dir)
   machines = machine.read(run_dir) or machine.read(trained_dir)
   return {"test": test, "val_AP": validation_ap(run_dir, test["step"]), "train_seconds": seconds,
@@ -106,13 +106,12 @@ def table(workdir: str, speed: dict[str, Any] | None) -> str:
   header = ["detector", "AP (test)", "AP50", "AP75", "AR100", "val AP", "trained on", "train min",
             "test s / image", "seeds", "machine"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for name, folder, speed_name, _ in ROWS:
-    row_dir = os.path.join(workdir, folder)
-    runs = sorted(d for d in glob.glob(os.path.join(row_dir, "seed*"))
+  for name, folder, speed_name, _, trained_in in ROWS:
+    runs = sorted(d for d in glob.glob(os.path.join(workdir, folder, "seed*"))
                   if os.path.exists(os.path.join(d, "eval_test.json")))
     if not runs:
       continue
-    results = [seed_result(row_dir, d) for d in runs]
+    results = [seed_result(d, os.path.join(workdir, trained_in or folder, os.path.basename(d))) for d in runs]
     cells = [name, *(zoo_table.format_cell([r["test"][k] for r in results], digits=3) for k in METRICS),
              zoo_table.format_cell([r["val_AP"] for r in results], digits=3),
              " / ".join(sorted({r["trained_on"] for r in results})),
@@ -128,7 +127,7 @@ def block(workdir: str, speed_path: str | None) -> str:
   speed = read_json(speed_path) if speed_path else None
   notes = [f"COCO box metrics on `test` of each run's best-validation checkpoint; {zoo_table.SPREAD}.",
            "", table(workdir, speed), "",
-           "Rows: " + "; ".join(f"{name}: `{folder}` ({what})" for name, folder, _, what in ROWS) + "."]
+           "Rows: " + "; ".join(f"{name}: `{folder}` ({what})" for name, folder, _, what, _ in ROWS) + "."]
   if speed:
     notes.append(f"test s / image: `experiments/bench/two_stage_speed.py`, {speed['images']} `{speed['split']}` "
                  f"images one at a time, selective search (fast mode) included for the R-CNN family; one run.")
