@@ -10,6 +10,9 @@ range over the seeds. Writes `--out` (JSON, every number) and prints the markdow
 
   python experiments/ablate_localization.py --runs=runs --seeds=0,1 --split=test \
       --out=runs/localization_ablation.json [--variants=iounet_nms,iounet_guided] [--override=key=value ...]
+
+Parts evaluated separately (e.g. each config's variants as soon as its runs finish) join into one table, nothing
+re-evaluated: `--merge=runs/iounet.json,runs/kl.json --out=runs/localization_ablation.json`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ OVERRIDES = flags.DEFINE_multi_string("override", [], "key=value applied to ever
                                       "data.shapes_config=tiny), or CONFIG:key=value to one config (e.g. "
                                       "faster_rcnn_iounet_shapes:model.iou_samples=16); the value read as a Python "
                                       "literal when it is one.")
+MERGE = flags.DEFINE_list("merge", [], "Instead of evaluating: JSON files written by --out to join into one table "
+                          "(rows in the variants' order, seeds of one variant from several files combined; they must "
+                          "agree on split and checkpoint).")
 OUT = flags.DEFINE_string("out", None, "JSON file for every number.")
 MARKDOWN = flags.DEFINE_string("markdown", None, "Optional file for the markdown table.")
 
@@ -114,8 +120,44 @@ def table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+  """Returns the `--out` JSON of several `--out` files joined: rows in VARIANTS order, each variant's seeds combined
+  (a seed evaluated in two files keeps the later file's numbers)."""
+  parts = [json.load(open(path)) for path in paths]
+  for key in ("split", "checkpoint"):
+    values = {part[key] for part in parts}
+    if len(values) > 1:
+      raise ValueError(f"--merge: the files disagree on {key}: {sorted(values)} ({paths})")
+  rows: dict[str, dict[str, Any]] = {}
+  for part in parts:
+    for row in part["rows"]:
+      if row["variant"] in rows:
+        rows[row["variant"]]["seeds"] |= row["seeds"]
+      else:
+        rows[row["variant"]] = row
+  order = list(VARIANTS)
+  ranked = sorted(rows.values(), key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+  for row in ranked:
+    row["seeds"] = dict(sorted(row["seeds"].items(), key=lambda item: int(item[0])))
+  return {"split": parts[0]["split"], "checkpoint": parts[0]["checkpoint"], "rows": ranked}
+
+
+def write(result: dict[str, Any]) -> None:
+  markdown = table(result["rows"])
+  print(markdown)
+  if OUT.value:
+    with open(OUT.value, "w") as f:
+      json.dump(result, f, indent=1)
+  if MARKDOWN.value:
+    with open(MARKDOWN.value, "w") as f:
+      f.write(markdown + "\n")
+
+
 def main(argv):
   del argv
+  if MERGE.value:
+    write(merge(MERGE.value))
+    return
   unknown = [v for v in ONLY.value if v not in VARIANTS]
   if unknown:
     raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
@@ -136,14 +178,7 @@ def main(argv):
       row["seeds"][str(seed)] = metrics | {"step": step, "workdir": workdir}
       print(f"{name} seed {seed} (step {step}): " + ", ".join(f"{k} {metrics[k]:.3f}" for k in COLUMNS), flush=True)
     rows.append(row)
-  markdown = table(rows)
-  print(markdown)
-  if OUT.value:
-    with open(OUT.value, "w") as f:
-      json.dump({"split": SPLIT.value, "checkpoint": CHECKPOINT.value, "rows": rows}, f, indent=1)
-  if MARKDOWN.value:
-    with open(MARKDOWN.value, "w") as f:
-      f.write(markdown + "\n")
+  write({"split": SPLIT.value, "checkpoint": CHECKPOINT.value, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -71,6 +71,34 @@ def run(script, *args, data_dir):
   return result
 
 
+def test_merge_joins_parts_in_variant_order_and_combines_seeds(tmp_path):
+  def metrics(ap):
+    return {"AP": ap, "AP50": 0.9, "AP75": 0.7, "AP90": 0.2, "APs": 0.5, "APm": 0.6, "APl": 0.8, "skipped": 0}
+
+  def part(name, split, rows):
+    path = tmp_path / name
+    path.write_text(json.dumps({"split": split, "checkpoint": "best", "rows": [
+        {"variant": v, "label": v, "config": "c", "model": {}, "seeds": {s: metrics(ap) for s, ap in seeds.items()}}
+        for v, seeds in rows]}))
+    return str(path)
+
+  kl = part("kl.json", "test", [("kl_voting", {"1": 0.60, "0": 0.64})])
+  seed0 = part("seed0.json", "test", [("baseline", {"0": 0.50})])
+  seed1 = part("seed1.json", "test", [("baseline", {"1": 0.52})])
+  out = tmp_path / "joined.json"
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "ablate_localization.py"),
+                           f"--merge={kl},{seed0},{seed1}", f"--out={out}"], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  joined = json.load(open(out))
+  assert [row["variant"] for row in joined["rows"]] == ["baseline", "kl_voting"]  # VARIANTS' order, not the files'
+  assert [list(row["seeds"]) for row in joined["rows"]] == [["0", "1"], ["0", "1"]]
+  assert "| baseline | c | 0.510 ± 0.010 |" in result.stdout  # mean ± half the range over both files' seeds
+  other = part("validation.json", "validation", [("kl_nms", {"0": 0.6})])
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "ablate_localization.py"),
+                           f"--merge={kl},{other}"], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode != 0 and "disagree on split" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shapes_data_dir):
   """Both detectors trained for 6 steps into RUNS/<config>/seed0, then evaluated on test with eval.py."""
