@@ -51,7 +51,7 @@ class IoUNetRCNN(FasterRCNN):
   iou_nms: bool = True
   refine: bool = False
   refine_steps: int = 5
-  refine_step_size: float = 0.5
+  refine_step_size: float = 0.02
   refine_omega1: float = 0.001
   refine_omega2: float = -0.01
 
