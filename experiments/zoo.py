@@ -12,7 +12,8 @@ For each row and seed (seed-major: every row's seed 0 first) it runs `experiment
 run rewrites `WORKDIR/results.md` (and `results.json`): per row the mean ± sample standard deviation over seeds of
 the test AP, AP50, AP75, APs, APm, APl, AR100, the validation AP, training minutes and images per second.
 `--write_readme` also puts the table between `<!-- zoo:results:begin -->` and `<!-- zoo:results:end -->` in
-README.md. Rows are written `[NAME=]CONFIG[:KEY=VALUE ...]` (experiments/zoo_rows.py).
+README.md (`--readme_block=NAME`: between `<!-- NAME:begin -->` and `<!-- NAME:end -->`, a table of its own, e.g.
+one family's rows). Rows are written `[NAME=]CONFIG[:KEY=VALUE ...]` (experiments/zoo_rows.py).
 
 Restarting the same command continues where it stopped: finished runs are not recomputed and an interrupted training
 resumes from its newest checkpoint. A run folder trained to its last step outside the zoo (train.py with the row's
@@ -55,9 +56,18 @@ TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split the table reports 
                                  "the config's data.eval_split).")
 WRITE_README = flags.DEFINE_bool("write_readme", False, "Also replace the zoo block of --readme with the table.")
 README = flags.DEFINE_string("readme", os.path.join(zoo_rows.ROOT, "README.md"), "README holding the zoo markers.")
+README_BLOCK = flags.DEFINE_string("readme_block", "zoo:results", "Name of the README block --write_readme replaces "
+                                   "(between `<!-- NAME:begin -->` and `<!-- NAME:end -->`): one block per table, "
+                                   "so tables whose runs were made apart are regenerated apart.")
 TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Train nothing: write the table from the finished runs.")
 
 SCRIPTS = os.path.join(zoo_rows.ROOT, "experiments")
+
+
+def readme_markers() -> dict[str, str]:
+  """Returns `replace_block`'s `begin` and `end` for the README block named by --readme_block."""
+  begin, end = zoo_table.markers(README_BLOCK.value)
+  return {"begin": begin, "end": end}
 
 
 class ZooError(RuntimeError):
@@ -336,7 +346,7 @@ def zoo() -> None:
   if WRITE_README.value:  # a README without its markers fails now, not after the training
     with open(README.value) as f:
       try:
-        zoo_table.replace_block(f.read(), "")
+        zoo_table.replace_block(f.read(), "", **readme_markers())
       except ValueError as e:
         raise ZooError(f"{README.value}: {e}") from e
   logs.log_to_file(workdir)
@@ -366,7 +376,7 @@ def zoo() -> None:
     with open(README.value) as f:
       text = f.read()
     try:
-      text = zoo_table.replace_block(text, block)
+      text = zoo_table.replace_block(text, block, **readme_markers())
     except ValueError as e:
       raise ZooError(f"{README.value}: {e}") from e
     with open(README.value, "w") as f:

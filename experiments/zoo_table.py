@@ -13,8 +13,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-BEGIN = "<!-- zoo:results:begin -->"
-END = "<!-- zoo:results:end -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+  """Returns the README's begin and end marker lines of the table block named `block` (e.g. `zoo:results`)."""
+  return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+
+
+BEGIN, END = markers("zoo:results")
 TEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 SPREAD = "mean ± sample standard deviation over seeds (n − 1 in the denominator; no ± with one seed)"
 

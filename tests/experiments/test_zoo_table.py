@@ -1,8 +1,11 @@
 """The zoo's pure parts: rows parsed from --configs, mean and spread against NumPy, the markdown table, the README
-block replacement, and the console/file split of log records."""
+block replacement (also through zoo.py's --readme_block), and the console/file split of log records."""
 
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -108,9 +111,21 @@ def test_replace_block_changes_only_the_block():
       zoo_table.replace_block(broken, "table")
 
 
+def test_named_blocks_are_replaced_apart():
+  begin, end = zoo_table.markers("zoo:yolo")
+  assert (begin, end) == ("<!-- zoo:yolo:begin -->", "<!-- zoo:yolo:end -->")
+  text = README + f"{begin}\nold yolo\n{end}\n"
+  new = zoo_table.replace_block(text, "yolo table", begin=begin, end=end)
+  assert new == text.replace("old yolo", "yolo table")  # the zoo:results block is untouched
+  assert zoo_table.replace_block(new, "zoo table") == new.replace("old table", "zoo table")
+
+
 def test_the_readme_has_the_zoo_markers():
   with open(zoo_rows.ROOT + "/README.md") as f:
-    zoo_table.replace_block(f.read(), "table")
+    text = f.read()
+  for block in ("zoo:results", "zoo:yolo"):
+    begin, end = zoo_table.markers(block)
+    zoo_table.replace_block(text, "table", begin=begin, end=end)
 
 
 def test_rows_parse_names_configs_and_overrides():
@@ -174,3 +189,18 @@ def test_log_records_go_to_the_file_and_only_warnings_to_the_console(tmp_path, c
   assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} I .*saved checkpoint 7$", text, re.M)  # timestamped
   err = capsys.readouterr().err
   assert "a warning" in err and "saved checkpoint" not in err and "before the work" not in err
+
+
+def test_zoo_writes_the_named_readme_block_only(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("# x\n<!-- zoo:results:begin -->\nA\n<!-- zoo:results:end -->\n"
+                    "<!-- zoo:yolo:begin -->\nB\n<!-- zoo:yolo:end -->\n")
+  result = subprocess.run(
+      [sys.executable, os.path.join(zoo_rows.ROOT, "experiments", "zoo.py"), "--configs=yolov2_shapes", "--seeds=1",
+       f"--workdir={tmp_path / 'runs'}", "--table_only", "--write_readme", f"--readme={readme}",
+       "--readme_block=zoo:yolo"], cwd=zoo_rows.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  text = readme.read_text()
+  assert "\nA\n" in text and "\nB\n" not in text  # only the named block changed
+  yolo = text[text.index("<!-- zoo:yolo:begin -->"):]
+  assert "Rows: `yolov2_shapes` = `experiments/configs/yolov2_shapes.py`." in yolo
