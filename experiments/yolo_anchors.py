@@ -74,7 +74,8 @@ def main(argv):
   if stride == 1 and k % SCALES.value == 0:
     for level, group in enumerate(np.split(anchors, SCALES.value)):
       print(f"  scale {level} (finest first): {[tuple(float(v) for v in a) for a in group]}")
-  if configured.size and not np.allclose(configured, anchors, atol=1e-4):
+  same = configured.shape == anchors.shape and np.allclose(configured, anchors, atol=1e-4)
+  if configured.size and not same:  # also a different number of anchors (e.g. hand-picked ones to compare)
     print(f"config.model.anchors (mean best IoU {mean_best_iou(wh / stride, configured):.4f}) differ:")
     print("  " + repr(tuple(tuple(float(v) for v in a) for a in configured)))
     if CHECK.value:

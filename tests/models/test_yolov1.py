@@ -4,6 +4,7 @@ terms (1)-(5); decoding; the module's shapes; a short training run that lowers t
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,3 +251,27 @@ def test_dropout_draws_from_the_dropout_stream():
   a, b, a2 = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2)), run(jax.random.PRNGKey(1))
   np.testing.assert_array_equal(a, a2)
   assert not np.allclose(a, b)
+
+
+def test_reference_head_is_locally_connected_then_one_linear_layer():
+  """darknet's `yolov1.cfg` head: a 3x3 locally connected layer (weights per cell) then the output layer."""
+  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
+  head = YOLOv1Head(num_classes=3, hidden=0, local_filters=5, dropout=0.0)
+  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
+  variables = head.init(jax.random.PRNGKey(1), features, train=False)
+  assert set(variables["params"]) == {"local", "fc2"}  # no hidden fully connected layer
+  assert variables["params"]["fc2"]["kernel"].shape == (S * S * 5, S * S * (5 * 2 + 3))
+  layer = nn.ConvLocal(5, (3, 3), padding="SAME")
+  local = lambda x: layer.apply({"params": variables["params"]["local"]}, x)  # noqa: E731
+  # A change at one cell reaches only the 3x3 neighbourhood of the locally connected layer ...
+  moved = features.at[:, 1, 2].add(1.0)
+  changed = np.any(np.abs(np.asarray(local(moved) - local(features))) > 0, axis=(0, 3))
+  cells = np.arange(S)
+  np.testing.assert_array_equal(changed, (np.abs(cells - 1) <= 1)[:, None] & (np.abs(cells - 2) <= 1)[None, :])
+  # ... and its weights are not shared: the same patch at two cells gives different outputs.
+  flat = jnp.ones((1, S, S, 6))
+  out = np.asarray(local(flat))
+  assert not np.allclose(out[0, 1, 1], out[0, 2, 2])
+  outputs = head.apply(variables, features, train=False)
+  chex.assert_shape([outputs["boxes"], outputs["confidence"], outputs["classes"]],
+                    [(2, S, S, 2, 4), (2, S, S, 2), (2, S, S, 3)])

@@ -53,6 +53,7 @@ class YOLOv1(nn.Module):
   batch_norm: bool = True
   boxes_per_cell: int = 2
   hidden: int = 4096
+  local_filters: int = 0
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
@@ -65,7 +66,7 @@ class YOLOv1(nn.Module):
     features = YOLOv1Backbone(width=self.width, output_stride=self.output_stride, fast=self.fast,
                               batch_norm=self.batch_norm, dtype=self.dtype, name="backbone")(x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
-                      dropout=self.dropout, dtype=self.dtype, name="head")(features[self.output_stride], train=train)
+                      local_filters=self.local_filters, dropout=self.dropout, dtype=self.dtype, name="head")(features[self.output_stride], train=train)
 
 
 def yolov1_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
@@ -171,7 +172,8 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 
 
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
-                 batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, dropout: float = 0.5,
+                 batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
+                 dropout: float = 0.5,
                  coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
                  iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
@@ -179,7 +181,8 @@ def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, 
   if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
     raise ValueError(f"YOLOv1 computes in float32, bfloat16 or float16, got dtype {dtype}")
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
-                  batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, dropout=dropout, dtype=dtype)
+                  batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
+                  dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape

@@ -18,16 +18,22 @@ import jax.numpy as jnp
 
 
 class YOLOv1Head(nn.Module):
-  """Returns YOLOv1's predictions (layout above) from features `[B, S, S, C']`: flatten, a fully connected layer of
-  `hidden` units with leaky ReLU 0.1 and dropout, and a linear layer of S x S x (5 nb + C) outputs.
+  """Returns YOLOv1's predictions (layout above) from features `[B, S, S, C']`.
 
-  The paper: `hidden` 4096, dropout 0.5 after the first connected layer; the grid S is the feature map's side
-  (7 x 7 at 448). Dropout draws from the `dropout` rng stream in training.
+  Two forms, both ending in one linear fully connected layer of S x S x (5 nb + C) outputs:
+  - the paper's (`local_filters=0`, `hidden` > 0): flatten, a fully connected layer of `hidden` units (4096 in the
+    paper) with leaky ReLU 0.1 and dropout, then the output layer;
+  - darknet's `yolov1.cfg` (`local_filters` > 0, `hidden=0`): a locally connected 3 x 3 layer (unshared weights per
+    cell, 256 filters in the reference) with leaky ReLU 0.1, dropout, flatten, then the output layer. Every cell's
+    outputs read the features of the whole map linearly, without the paper's `hidden`-unit bottleneck.
+  `local_filters` and `hidden` can also be combined. The grid S is the feature map's side (7 x 7 at 448). Dropout
+  draws from the `dropout` rng stream in training.
   """
 
   num_classes: int
   boxes_per_cell: int = 2
   hidden: int = 4096
+  local_filters: int = 0
   dropout: float = 0.5
   dtype: Any = jnp.float32
 
@@ -35,8 +41,13 @@ class YOLOv1Head(nn.Module):
   def __call__(self, x, *, train: bool) -> dict[str, jnp.ndarray]:
     b, s_h, s_w, _ = x.shape
     nb, c = self.boxes_per_cell, self.num_classes
-    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x.reshape(b, -1))
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, 0.1))
+    if self.local_filters:
+      x = nn.ConvLocal(self.local_filters, (3, 3), padding="SAME", dtype=self.dtype, name="local")(x)
+      x = nn.leaky_relu(x, 0.1)
+    x = x.reshape(b, -1)
+    if self.hidden:
+      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), 0.1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(s_h * s_w * (5 * nb + c), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
     x = x.reshape(b, s_h, s_w, 5 * nb + c)
     per_box = x[..., :5 * nb].reshape(b, s_h, s_w, nb, 5)
