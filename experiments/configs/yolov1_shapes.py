@@ -1,5 +1,12 @@
 """YOLOv1 (the 24-convolution network with its fully connected head) from scratch on the `shapes` set.
 
+The grid: S = 128 / output_stride 16 = 8, cells of 16 pixels for objects of 6-128 (median 28) pixels. One object per
+cell is the paper's rule: at S = 8, 3.2% of the training objects share their cell with a larger one and get no
+target (11.5% at S = 4, 0.8% at S = 16), while the fully connected output grows with S^2 (960 outputs here).
+The paper's 448 -> 7 x 7 at stride 64 would leave 2 x 2 cells at 128. Width 12 (of the paper's 64) and a hidden layer
+of 512 (of 4096) size the network for the protocol's CPU budget. `model.local_filters=48 model.hidden=0` gives
+darknet's `yolov1.cfg` head instead (a locally connected 3 x 3 layer, dropout, one linear layer).
+
   python experiments/train.py --config=experiments/configs/yolov1_shapes.py --workdir=runs/yolov1_shapes
 """
 
