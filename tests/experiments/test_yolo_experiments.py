@@ -91,6 +91,11 @@ def test_anchor_script_is_reproducible_and_is_kmeans_of_the_training_boxes(shape
   assert repr(tuple(tuple(float(v) for v in a) for a in anchors)) in result.stdout
   with pytest.raises(AssertionError):  # --check fails: the default config's anchors are for the default set
     run("yolo_anchors", "yolov2", None, "--config.data.shapes_config=tiny", "--check", data_dir=shapes_data_dir)
+  # Another number of anchors (hand-picked ones beside k = 5 clusters) is compared, not a crash.
+  hand = "((0.5,1.0),(1.0,1.0),(1.0,0.5),(2.0,2.0),(4.0,4.0),(2.0,4.0),(4.0,2.0))"
+  result = run("yolo_anchors", "yolov2", None, "--config.data.shapes_config=tiny", "--config.model.output_stride=32",
+               f"--config.model.anchors={hand}", "--k=5", data_dir=shapes_data_dir)
+  assert "config.model.anchors (mean best IoU" in result.stdout and "(4.0, 2.0)" in result.stdout
 
 
 def test_anchor_script_clusters_yolov3_anchors_in_pixels_over_three_scales(shapes_data_dir):
