@@ -136,6 +136,7 @@ ABSENT_MEANS = {
     "data.cache_dir": "",
     "data.cache_size": 0,
     "data.read_threads": 1,
+    "model.passthrough": False,      # yolov1_shapes: YOLOv1 without YOLOv2's passthrough (YOLOv2 sets it True)
 }
 
 

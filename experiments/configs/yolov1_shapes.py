@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.boxes_per_cell = 2
   c.model.hidden = 512
   c.model.local_filters = 0
+  c.model.passthrough = False  # YOLOv2's passthrough layer: a diagnosis, not YOLOv1 (see the docstring)
   c.model.dropout = 0.5
   c.model.coord_weight = 5.0
   c.model.noobj_weight = 0.5

@@ -275,3 +275,16 @@ def test_reference_head_is_locally_connected_then_one_linear_layer():
   outputs = head.apply(variables, features, train=False)
   chex.assert_shape([outputs["boxes"], outputs["confidence"], outputs["classes"]],
                     [(2, S, S, 2, 4), (2, S, S, 2), (2, S, S, 3)])
+
+
+def test_passthrough_option_adds_the_reorganised_stride_8_features():
+  """The diagnosis option (YOLOv2's passthrough on YOLOv1): 4 x (2 width) more channels per cell reach the head."""
+  images = jnp.zeros((1, IMAGE, IMAGE, 3), jnp.uint8)
+  shapes = {}
+  for passthrough in (False, True):
+    detector = build_detector("yolov1", num_classes=3, width=8, output_stride=16, fast=True, hidden=64,
+                              passthrough=passthrough)
+    variables = jax.eval_shape(lambda d=detector: d.module.init(jax.random.PRNGKey(0), images, train=False))
+    assert ("passthrough" in variables["params"]) == passthrough
+    shapes[passthrough] = variables["params"]["head"]["fc1"]["kernel"].shape
+  assert shapes[True][0] - shapes[False][0] == S * S * 4 * 2 * 8

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jaxdet.models.backbones.darknet import YOLOv1Backbone
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.heads.yolo import YOLOv1Head
+from jaxdet.models.necks.passthrough import Passthrough
 from jaxdet.models.postprocess import select_detections
 from jaxdet.ops.boxes import box_area, clip_boxes, is_valid_box, xyxy_to_cxcywh
 from jaxdet.ops.coders import decode_yolov1, encode_yolov1
@@ -54,6 +55,7 @@ class YOLOv1(nn.Module):
   boxes_per_cell: int = 2
   hidden: int = 4096
   local_filters: int = 0
+  passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for the diagnosis in yolov1_shapes.py
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
@@ -65,8 +67,13 @@ class YOLOv1(nn.Module):
     x = normalize_image(images, self.pixel_mean, self.pixel_std)
     features = YOLOv1Backbone(width=self.width, output_stride=self.output_stride, fast=self.fast,
                               batch_norm=self.batch_norm, dtype=self.dtype, name="backbone")(x, train=train)
+    x = features[self.output_stride]
+    if self.passthrough:
+      x = Passthrough(2 * self.width, batch_norm=self.batch_norm, dtype=self.dtype, name="passthrough")(
+          features[self.output_stride // 2], x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
-                      local_filters=self.local_filters, dropout=self.dropout, dtype=self.dtype, name="head")(features[self.output_stride], train=train)
+                      local_filters=self.local_filters, dropout=self.dropout, dtype=self.dtype,
+                      name="head")(x, train=train)
 
 
 def yolov1_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
@@ -173,7 +180,7 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
                  batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
-                 dropout: float = 0.5,
+                 passthrough: bool = False, dropout: float = 0.5,
                  coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
                  iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
@@ -182,7 +189,7 @@ def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, 
     raise ValueError(f"YOLOv1 computes in float32, bfloat16 or float16, got dtype {dtype}")
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
                   batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
-                  dropout=dropout, dtype=dtype)
+                  passthrough=passthrough, dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape
