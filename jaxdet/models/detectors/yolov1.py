@@ -55,7 +55,7 @@ class YOLOv1(nn.Module):
   boxes_per_cell: int = 2
   hidden: int = 4096
   local_filters: int = 0
-  passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for the diagnosis in yolov1_shapes.py
+  passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for a diagnosis
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
