@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 
-
 def markers(block: str) -> tuple[str, str]:
   """Returns the README's begin and end marker lines of the table block named `block` (e.g. `zoo:results`)."""
   return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"

@@ -45,6 +45,8 @@ class YOLOv1(nn.Module):
   """Returns YOLOv1's predictions (`YOLOv1Head` layout) for images `[B, H, W, 3]`; the grid is S = H / output_stride.
 
   The fully connected head fixes the input size: the module only runs on the image shape it was initialised with.
+  `hidden` / `local_filters` choose the paper's head or darknet `yolov1.cfg`'s (`YOLOv1Head`); `passthrough` adds
+  YOLOv2's passthrough of the stride `output_stride / 2` map (not YOLOv1's; a diagnosis option, off by default).
   """
 
   num_classes: int
