@@ -173,32 +173,47 @@ def test_a_short_run_with_every_trick_lowers_the_loss(trained):
   assert np.mean(losses[-3:]) < 0.95 * np.mean(losses[:3]), losses
 
 
-def test_self_adversarial_images_hide_the_objects_and_stay_in_pixel_range(trained):
+def test_self_adversarial_images_ascend_the_objects_loss_lower_their_objectness_and_stay_in_pixel_range(trained):
+  """Stage 1 of SAT against a transcription of its objective: the mean -log sigmoid(t_o) over the predictors
+  responsible for objects, the network run as in training (batch statistics).
+
+  At the config's epsilon (4 pixels) the altered image is exactly one signed-gradient step of that objective,
+  clipped to [0, 255]. Whether such a step lowers objectness depends on the network: this one (15 steps on noise
+  images, batch norm over 4 images) is linear in its input only up to a signed step of about 0.01 pixel (measured:
+  0.001 realises 88% of the first-order rise, 0.01 75%, 0.05 none), so the effect is checked at 0.002 pixel, where
+  the attack must realise half its first-order rise and lower objectness far beyond noise of the same size."""
   det, state, batch, _, _ = trained
-  targets = det.assign(batch)
+  variables, targets = state.variables(), det.assign(batch)
   rngs = {"dropout": jax.random.PRNGKey(0), "sampling": jax.random.PRNGKey(1)}
-  altered = jax.jit(det.alter_batch)(state.variables(), batch, targets, rngs)
+  pos = targets["positive"]
+
+  @jax.jit
+  def hidden(images):  # (the attacked objective, the mean objectness of the responsible predictors)
+    outputs, _ = det.module.apply(variables, images, train=True, mutable=["batch_stats"])
+    o = jnp.concatenate([r[..., 4].reshape(r.shape[0], -1) for r in outputs["raw"]], axis=1)
+    mean = lambda v: jnp.sum(jnp.where(pos, v, 0)) / jnp.sum(pos)  # noqa: E731
+    return mean(jax.nn.softplus(-o)), mean(jax.nn.sigmoid(o))
+
+  x = jnp.asarray(batch["image"], jnp.float32)
+  grad = np.asarray(jax.jit(jax.grad(lambda v: hidden(v)[0]))(x))
+  altered = jax.jit(det.alter_batch)(variables, batch, targets, rngs)
   image = np.asarray(altered["image"])
   assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 255
-  assert np.abs(image - np.asarray(batch["image"], np.float32)).max() <= 4.0 + 1e-4  # epsilon 4, one step
   assert all(np.array_equal(altered[k], batch[k]) for k in batch if k != "image")
+  assert np.abs(image - np.asarray(x)).max() <= 4.0 + 1e-4
+  sure = np.abs(grad) > 1e-4 * np.abs(grad).max()  # signs that float rounding cannot flip
+  assert sure.mean() > 0.5
+  np.testing.assert_array_equal(image[sure], np.clip(np.asarray(x) + 4.0 * np.sign(grad), 0, 255)[sure])
 
-  def objectness(images):  # mean sigma(t_o) of the predictors responsible for objects, as trained (batch stats)
-    outputs, _ = det.module.apply(state.variables(), images, train=True, mutable=["batch_stats"])
-    o = jnp.concatenate([r[..., 4].reshape(r.shape[0], -1) for r in outputs["raw"]], axis=1)
-    pos = targets["positive"]
-    return jnp.sum(jnp.where(pos, jax.nn.sigmoid(o), 0)) / jnp.sum(pos), det.loss(outputs, targets)[0]
-
-  # A random perturbation of the same size (every pixel +-4) as the control: the attack's signs are the ones that
-  # hide the objects, so it lowers their objectness well beyond what noise does (noise lowers it too: 0.494 -> 0.489
-  # here, the attack to 0.477). Early in training a 4/255 step moves little, so the test asks for a ratio.
-  signs = jax.random.rademacher(jax.random.PRNGKey(2), batch["image"].shape, jnp.float32)
-  noisy = jnp.clip(jnp.asarray(batch["image"], jnp.float32) + 4.0 * signs, 0.0, 255.0)
-  (before, loss_before), (after, loss_after) = objectness(batch["image"]), objectness(altered["image"])
-  chance, _ = objectness(noisy)
-  drop, chance_drop = float(before - after), float(before - chance)
-  assert drop > 0.005 and drop > 2 * abs(chance_drop), (float(before), float(after), float(chance))
-  assert float(loss_after) > float(loss_before)
+  # The same step, smaller: the attack's direction (the signs checked above) at 0.002 pixel.
+  epsilon = 0.002
+  attacked = x + epsilon * jnp.sign(grad)
+  noisy = x + epsilon * jax.random.rademacher(jax.random.PRNGKey(2), x.shape, jnp.float32)
+  (loss, seen), (loss_attacked, seen_attacked), (_, seen_noisy) = hidden(x), hidden(attacked), hidden(noisy)
+  rise = float(loss_attacked - loss)
+  assert rise > 0.5 * epsilon * np.abs(grad).sum(), (rise, epsilon * np.abs(grad).sum())
+  drop, noise_drop = float(seen - seen_attacked), float(seen - seen_noisy)
+  assert drop > 10 * abs(noise_drop), (float(seen), float(seen_attacked), float(seen_noisy))
 
 
 class OutputShapesTest(chex.TestCase):
