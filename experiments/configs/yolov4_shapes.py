@@ -54,9 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "yolov4"
-  # A step of the architecture (tricks off) at width 8 costs about YOLOv3's at width 12 on this CPU: 628 vs 523 ms
+  # A step of the architecture (tricks off) at width 8 costs about full-depth YOLOv3's at width 12 here: 628 vs 523 ms
   # (batch 16, 128 x 128, measured on a loaded machine, noisy); at width 12 it took 1,515 ms (equal XLA FLOPs,
   # 35.6 vs 37.4 GFLOP: Mish and the CSP / PAN layers cost more per FLOP). SAT adds a forward and backward pass.
+  # With every trick on it trains at 22.0 images/s alone (41.8 min of steps for the budget; docs/benchmarks.md).
   c.model.width = 8
   c.model.depths = (1, 2, 8, 8, 4)
   c.model.activation = "mish"
