@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.cmbn = 1
   c.model.sat_steps = 0
   c.model.sat_epsilon = 4.0
+  c.model.sat_prob = 0.5  # the fraction of steps attacked when sat_steps > 0 (darknet's half)
   c.model.box_loss = "yolov3"
   c.model.nms = "iou"
   c.model.diou_beta = 1.0

@@ -75,8 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   # the bag of freebies and specials
   c.model.cmbn = 4  # batch norm statistics accumulated over 4 mini-batches of 4 images
-  c.model.sat_steps = 1  # one signed-gradient step of sat_epsilon pixels before every training step
+  c.model.sat_steps = 1  # one signed-gradient step of sat_epsilon pixels before a training step,
   c.model.sat_epsilon = 4.0
+  c.model.sat_prob = 0.5  # on a random half of the steps (darknet's rand_int(0, 1))
   c.model.box_loss = "ciou"
   c.model.nms = "diou"
   c.model.diou_beta = 1.0

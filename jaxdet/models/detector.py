@@ -74,6 +74,9 @@ class Detector:
       step trains on, computed from the current variables before the training forward pass (same fields and
       shapes; the image may become float32 pixels in [0, 255]). No gradient flows through it into the update.
       YOLOv4's self-adversarial training (`jaxdet.models.self_adversarial`) attacks the images here.
+    alter_prob: the fraction of training steps `alter_batch` applies to (1: every step). The trainer draws each
+      step's choice on the host from the seed and the step (`jaxdet.train.state.alters_step`) and runs the step
+      compiled without `alter_batch` on the others.
   """
 
   module: nn.Module
@@ -84,6 +87,7 @@ class Detector:
   merge_flipped: Callable[[Any, Any], Any] | None = None
   inputs: Mapping[str, jax.ShapeDtypeStruct] = dataclasses.field(default_factory=dict)
   alter_batch: Callable[..., Batch] | None = None
+  alter_prob: float = 1.0
 
 
 def apply_detector(detector: Detector, variables: Mapping[str, Any], batch: Batch, *, train: bool,

@@ -5,6 +5,10 @@ Each training step runs in two stages:
    ascent (FGSM, Goodfellow et al. 2015, iterated `steps` times) of an objective the detector names with respect to
    the pixels, `epsilon` pixels (of 0..255) per step, the result clipped back to the pixel range;
 2. the network trains on the altered images with the original labels (the trainer's ordinary step).
+Darknet attacks on a random half of the iterations (`rand_int(0, 1)` per iteration, after its warm-up) and trains on
+the clean images on the others; a detector sets that fraction as its `Detector.alter_prob`, and the trainer then
+draws each step's choice on the host and runs a step compiled without stage 1 on the others (an on-device
+`lax.cond` was measured slower: its attack branch ran at about half the speed of the same attack inlined).
 YOLO's objective is the objectness cross-entropy of the predictors responsible for the objects: raising it lowers
 their objectness, so the altered image is one on which the network no longer sees the objects. (Raising the whole
 training loss instead, tried first, spends the step's budget on the background's and the classes' terms as well.)

@@ -26,7 +26,7 @@ from jaxdet.train.parallel import make_mesh, replicate, replicated, shard_batch,
 from jaxdet.train.pictures import make_picture_sampler, write_pictures
 from jaxdet.train.prefetch import DevicePrefetcher
 from jaxdet.train.progress import Progress
-from jaxdet.train.state import TrainState, create_train_state, train_step
+from jaxdet.train.state import TrainState, alters_step, create_train_state, train_step
 from jaxdet.train.writers import MetricWriter
 
 MODEL_KEYS = ("image", "boxes", "labels", "valid", "crowd")
@@ -84,11 +84,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   augment = inputs.device_augment(config)  # None: the loader augmented on the host
   fields = (*MODEL_KEYS, *detector.inputs, *(("position",) if augment is not None else ()))
 
-  def augment_and_step(state, batch):
+  def augment_and_step(state, batch, alter):
     batch = augment(batch) if augment is not None else batch
-    return train_step(state, batch, detector=detector, tx=tx, schedule=schedule)
+    return train_step(state, batch, detector=detector, tx=tx, schedule=schedule, alter=alter)
 
-  step_fn = jax.jit(augment_and_step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
+  # Two programs when the detector alters a fraction of the batches (SAT): the choice is made per step on the host.
+  step_fn = jax.jit(augment_and_step, static_argnums=2, donate_argnums=0,
+                    out_shardings=(replicated(mesh), replicated(mesh)))
   predict_fn = make_predict_fn(detector, flip_test=config.get("flip_test", False))
 
   progress = Progress(config.total_steps, initial=int(state.step), enabled=is_main)
@@ -128,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:  # the prefetch thread stops however the loop ends
     for step in range(first + 1, config.total_steps + 1):
       device_batch, batch = next(feed)
-      state, metrics = step_fn(state, device_batch)
+      state, metrics = step_fn(state, device_batch, alters_step(detector, config.seed, step))
       num_images = batch["image"].shape[0] * jax.process_count()
       truncated += int(np.sum(batch["num_truncated"]))
       if step % config.log_every == 0 or step == config.total_steps:

@@ -7,6 +7,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdet.models.detector import Detections, Detector, apply_detector, init_detector
@@ -44,21 +45,36 @@ def create_train_state(detector: Detector, tx: optax.GradientTransformation, *, 
                     opt_state=tx.init(params), key=state_key)
 
 
+_ALTER_STREAM = 0x5A7  # seeds the host's draw of the steps `alter_batch` applies to, apart from other streams
+
+
+def alters_step(detector: Detector, seed: int, step: int) -> bool:
+  """Returns whether training step `step` (1-based) of a run seeded `seed` applies `detector.alter_batch`: always
+  when `alter_prob` is 1, never without `alter_batch`, else a draw with probability `alter_prob` that depends on
+  `(seed, step)` alone, so a resumed run and every host of a multi-host run draw the same."""
+  if detector.alter_batch is None:
+    return False
+  if detector.alter_prob >= 1.0:
+    return True
+  return bool(np.random.default_rng((_ALTER_STREAM, seed, step)).random() < detector.alter_prob)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, detector: Detector,
-               tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               alter: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
   """Returns the state after one optimizer step on `batch`, and the step's metrics (loss terms, lr, grad norm,
   and `finite`: whether the loss, the gradient and the new parameters are all finite).
 
   Targets are assigned on device from the padded ground truth and given to the module too (two-stage detectors
   sample RoIs from them inside the forward pass); `batch["image"]` is `[B, H, W, 3]` uint8. The step's randomness
   (rng streams `dropout` and `sampling`) derives from `fold_in(state.key, state.step)`. A detector's `alter_batch`
-  (when it has one) replaces the batch with the current variables before the forward pass (self-adversarial
-  training); the loss is then that of the altered batch.
+  (when it has one and `alter`, a static choice: `alters_step` draws it per step) replaces the batch with the
+  current variables before the forward pass (self-adversarial training); the loss is then that of the altered batch.
   """
   targets = detector.assign(batch)
   step_key = jax.random.fold_in(state.key, state.step)
   rngs = {"dropout": step_key, "sampling": jax.random.fold_in(step_key, 1)}
-  if detector.alter_batch is not None:
+  if alter and detector.alter_batch is not None:
     batch = detector.alter_batch(state.variables(), batch, targets, rngs)
 
   def loss_fn(params):

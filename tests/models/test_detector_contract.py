@@ -1,6 +1,6 @@
 """The `Detector` contract as the trainer and predictor use it: targets reach the module in training only, the
 `inputs` fields reach it in training and inference, the `sampling` rng stream exists, missing fields are named,
-the optional `alter_batch` hook replaces the batch a step trains on."""
+the optional `alter_batch` hook replaces the batch a step trains on, on the steps `alters_step` draws."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from jaxdet.models.detector import Detections, Detector, apply_detector, init_detector
-from jaxdet.train.state import create_train_state, predict_step, train_step
+from jaxdet.train.state import alters_step, create_train_state, predict_step, train_step
 
 NUM_PROPOSALS = 3
 
@@ -104,3 +104,21 @@ def test_train_step_trains_on_the_batch_alter_batch_returns():
   np.testing.assert_allclose(got["loss"], want["loss"])
   assert float(seen["w"]) == 1.0 and seen["streams"] == ["dropout", "sampling"]
   np.testing.assert_array_equal(seen["count"], [1.0, 2.0])
+  # a step the trainer draws without the hook (alter=False) trains on the batch as given
+  _, skipped = train_step(state, batch(), detector=altered, tx=tx, schedule=lambda s: 0.0, alter=False)
+  _, unaltered = train_step(state, batch(), detector=plain, tx=tx, schedule=lambda s: 0.0)
+  np.testing.assert_array_equal(skipped["loss"], unaltered["loss"])
+  assert float(skipped["loss"]) != float(got["loss"])
+
+
+def test_alters_step_draws_alter_prob_of_the_steps_the_same_for_every_ask():
+  """`alters_step` (the trainer's per-step choice): a function of (seed, step) alone, so a resumed run and every
+  host draw the same; about `alter_prob` of the steps; every step at 1; none without the hook."""
+  plain = echo_detector()
+  half = dataclasses.replace(plain, alter_batch=lambda variables, b, targets, rngs: b, alter_prob=0.5)
+  draws = np.array([alters_step(half, 0, step) for step in range(1, 401)])
+  assert 160 <= draws.sum() <= 240, draws.sum()  # Binomial(400, 0.5): outside this with probability < 1e-4
+  assert list(draws[:50]) == [alters_step(half, 0, step) for step in range(1, 51)]
+  assert list(draws[:50]) != [alters_step(half, 1, step) for step in range(1, 51)]
+  assert all(alters_step(dataclasses.replace(half, alter_prob=1.0), 0, step) for step in range(1, 50))
+  assert not any(alters_step(plain, 0, step) for step in range(1, 50))

@@ -151,8 +151,8 @@ def test_xy_targets_label_smoothing_and_ciou_box_term_through_the_gradient():
 
 @pytest.fixture(scope="module")
 def trained():
-  """A tiny YOLOv4 after 15 steps on one batch (every trick on), with its batch."""
-  det = detector(cmbn=2, sat_steps=1, box_loss="ciou", nms="diou", xy_scale=(1.2, 1.1, 1.05),
+  """A tiny YOLOv4 after 15 steps on one batch (every trick on, SAT on every step), with its batch."""
+  det = detector(cmbn=2, sat_steps=1, sat_prob=1.0, box_loss="ciou", nms="diou", xy_scale=(1.2, 1.1, 1.05),
                  anchor_iou_threshold=0.213, label_smoothing=0.1)
   tx = optax.adam(3e-3)
   state = create_train_state(det, tx, image_shape=(IMAGE, IMAGE), seed=0)
@@ -216,6 +216,23 @@ def test_self_adversarial_images_ascend_the_objects_loss_lower_their_objectness_
   assert drop > 10 * abs(noise_drop), (float(seen), float(seen_attacked), float(seen_noisy))
 
 
+def test_self_adversarial_training_attacks_the_drawn_fraction_of_steps(trained):
+  """`sat_prob` is the detector's `alter_prob` (the trainer draws the attacked steps: `alters_step`, tested with the
+  contract); a step drawn clean is exactly the step of the same network without SAT, the attack not in its program."""
+  det, _, batch, _, _ = trained
+  half = detector(cmbn=2, sat_steps=1)
+  assert half.alter_prob == 0.5 and det.alter_prob == 1.0  # darknet's half by default
+  tx = optax.adam(3e-3)
+  step = lambda d, alter: jax.jit(functools.partial(  # noqa: E731
+      train_step, detector=d, tx=tx, schedule=lambda s: 3e-3, alter=alter))
+  start = create_train_state(half, tx, image_shape=(IMAGE, IMAGE), seed=0)
+  clean, clean_metrics = step(half, False)(start, batch)
+  plain, plain_metrics = step(detector(cmbn=2), True)(start, batch)
+  _, attacked_metrics = step(half, True)(start, batch)
+  chex.assert_trees_all_equal(clean.params, plain.params)
+  assert float(clean_metrics["loss"]) == float(plain_metrics["loss"]) != float(attacked_metrics["loss"])
+
+
 class OutputShapesTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -237,5 +254,7 @@ def test_bad_options_are_named():
     detector(anchor_iou_threshold=1.5)
   with pytest.raises(ValueError, match="sat_steps"):
     detector(sat_steps=-1)
+  with pytest.raises(ValueError, match="sat_prob"):
+    detector(sat_steps=1, sat_prob=0.0)
   with pytest.raises(ValueError, match="xy_scale"):
     detector(xy_scale=(1.1, 1.2))

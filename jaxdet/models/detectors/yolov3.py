@@ -128,7 +128,8 @@ def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_clas
                   class_scale: float = 1.0, ignore_threshold: float = 0.5, score_threshold: float = 0.005,
                   iou_threshold: float = 0.45, max_detections: int = 100, anchor_iou_threshold: float | None = None,
                   xy_scale: float | Sequence[float] = 1.0, box_loss: str = "yolov3", label_smoothing: float = 0.0,
-                  nms: str = "iou", diou_beta: float = 1.0, sat_steps: int = 0, sat_epsilon: float = 4.0) -> Detector:
+                  nms: str = "iou", diou_beta: float = 1.0, sat_steps: int = 0, sat_epsilon: float = 4.0,
+                  sat_prob: float = 0.5) -> Detector:
   """Returns the `Detector` of a three-scale YOLO `module` (output `{"raw": (...)}` at strides 8, 16, 32) with
   anchors `per_scale` (`split_anchors`): YOLOv3's assignment, loss and decoding plus YOLOv4's tricks, each off by
   default (module docstring):
@@ -137,13 +138,16 @@ def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_clas
     xy_scale: grid sensitivity s, one or one per scale (1: off; darknet yolov4.cfg 1.2, 1.1, 1.05);
     box_loss: "yolov3" or "ciou" (`yolov3_loss`); label_smoothing: eps (0: off);
     nms: "iou" or "diou" (DIoU-NMS with exponent `diou_beta`);
-    sat_steps: self-adversarial steps of `sat_epsilon` pixels before each training step (0: off).
+    sat_steps: self-adversarial steps of `sat_epsilon` pixels before a training step (0: off), on a random
+      `sat_prob` of the steps (darknet's half; 1: every step).
   """
   if anchor_iou_threshold is not None and not 0.0 <= anchor_iou_threshold <= 1.0:
     raise ValueError(f"anchor_iou_threshold must be None or in [0, 1] (1: the best anchor only), got "
                      f"{anchor_iou_threshold}")
   if sat_steps < 0:
     raise ValueError(f"sat_steps must be >= 0 (0: no self-adversarial training), got {sat_steps}")
+  if not 0.0 < sat_prob <= 1.0:
+    raise ValueError(f"sat_prob, the fraction of steps attacked, must be in (0, 1], got {sat_prob}")
   xy_scale = tuple(float(v) for v in xy_scale) if isinstance(xy_scale, (tuple, list)) else float(xy_scale)
   if isinstance(xy_scale, tuple) and len(xy_scale) != len(STRIDES) or min(np.atleast_1d(xy_scale)) < 1.0:
     raise ValueError(f"xy_scale must be one factor >= 1 or one per scale ({len(STRIDES)}), got {xy_scale}")
@@ -177,10 +181,11 @@ def yolo_detector(module: nn.Module, per_scale: Sequence[jax.Array], *, num_clas
     missed = jnp.where(positive, jax.nn.softplus(-flat[..., 4]), 0.0)
     return (jnp.sum(missed) / jnp.maximum(jnp.sum(positive), 1),)
 
-  alter_batch = (self_adversarial_batch(module, hide_objects, steps=sat_steps, epsilon=sat_epsilon)
-                 if sat_steps else None)
+  alter_batch = None
+  if sat_steps:
+    alter_batch = self_adversarial_batch(module, hide_objects, steps=sat_steps, epsilon=sat_epsilon)
   return Detector(module=module, assign=assign, loss=loss, postprocess=postprocess, num_classes=num_classes,
-                  alter_batch=alter_batch)
+                  alter_batch=alter_batch, alter_prob=sat_prob)
 
 
 def build_yolov3(*, num_classes: int, anchors: Sequence[Sequence[float]] = COCO_ANCHORS, width: int = 32,

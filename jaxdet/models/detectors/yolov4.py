@@ -10,13 +10,14 @@ loss and decoding are YOLOv3's (`yolov3.yolo_detector`, shared), with YOLOv4's t
 | trick (paper sec. 3.3-3.4)          | option                               | off                      |
 |-------------------------------------|--------------------------------------|--------------------------|
 | CmBN                                | `cmbn` mini-batches (4)              | 1                        |
-| Self-Adversarial Training           | `sat_steps`, `sat_epsilon` (pixels)  | sat_steps 0              |
+| Self-Adversarial Training           | `sat_steps`, `sat_epsilon`, `sat_prob` | sat_steps 0            |
 | CIoU loss                           | `box_loss` "ciou"                    | "yolov3"                 |
 | DIoU-NMS                            | `nms` "diou", `diou_beta`            | "iou"                    |
 | class label smoothing               | `label_smoothing` eps                | 0                        |
 | grid sensitivity                    | `xy_scale` (1.2, 1.1, 1.05)          | 1.0                      |
 | several anchors for one truth       | `anchor_iou_threshold` (0.213)       | None                     |
 | Mosaic, cosine schedule             | the config's `data.mosaic_prob`, `optim.schedule` (the trainer's) |  |
+SAT attacks a random `sat_prob` of the steps (darknet's half) by `sat_steps` signed steps of `sat_epsilon` pixels.
 The architecture's parts switch too: `spp`, `sam`, `activation` ("mish" / "leaky").
 """
 
