@@ -20,9 +20,12 @@ OVERRIDES = {
                "--config.data.multiscale_period=2"],
     "yolov3": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(32,64)",
                "--config.data.multiscale_period=2"],
-    # every YOLOv4 trick stays on (CmBN over 4 mini-batches of the batch of 8, SAT, Mosaic, DIoU-NMS, ...); one
-    # training size, as multi-scale training is v2's and v3's above (a compilation of SAT's step per size)
-    "yolov4": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(64,)"],
+    # every YOLOv4 trick on: the config's (Mosaic, CIoU, grid sensitivity, several anchors) and the paper's others
+    # (CmBN over 4 mini-batches of the batch of 8, SAT, label smoothing, cosine, DIoU-NMS); one training size, as
+    # multi-scale training is v2's and v3's above (a compilation of SAT's step per size)
+    "yolov4": ["--config.model.width=2", "--config.model.depths=(1,1,1,1,1)", "--config.data.multiscale_sizes=(64,)",
+               "--config.model.cmbn=4", "--config.model.sat_steps=1", "--config.model.label_smoothing=0.1",
+               "--config.optim.schedule=cosine", "--config.model.nms=diou"],
 }
 
 
