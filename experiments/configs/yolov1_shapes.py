@@ -6,7 +6,8 @@ target (11.5% at S = 4, 0.8% at S = 16), while the fully connected output grows 
 The paper's 448 -> 7 x 7 at stride 64 would leave 2 x 2 cells at 128. Width 12 (of the paper's 64) and a hidden layer
 of 512 (of 4096) size the network for the protocol's CPU budget. `model.local_filters=48 model.hidden=0` gives
 darknet's `yolov1.cfg` head instead (a locally connected 3 x 3 layer, dropout, one linear layer);
-`model.passthrough=True` adds YOLOv2's passthrough layer (not YOLOv1: a diagnosis, docs/benchmarks.md "YOLO").
+`model.passthrough=True` adds YOLOv2's passthrough layer and `model.shared_head=True` shares the head's two layers
+across the cells as 1 x 1 convolutions (neither is YOLOv1: diagnoses, docs/benchmarks.md "YOLO").
 
   python experiments/train.py --config=experiments/configs/yolov1_shapes.py --workdir=runs/yolov1_shapes
 """
@@ -54,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden = 512
   c.model.local_filters = 0
   c.model.passthrough = False  # YOLOv2's passthrough layer: a diagnosis, not YOLOv1
+  c.model.shared_head = False  # the head's two layers shared by every cell: a diagnosis, not YOLOv1
   c.model.dropout = 0.5
   c.model.coord_weight = 5.0
   c.model.noobj_weight = 0.5

@@ -288,3 +288,31 @@ def test_passthrough_option_adds_the_reorganised_stride_8_features():
     assert ("passthrough" in variables["params"]) == passthrough
     shapes[passthrough] = variables["params"]["head"]["fc1"]["kernel"].shape
   assert shapes[True][0] - shapes[False][0] == S * S * 4 * 2 * 8
+
+
+def test_shared_head_applies_one_per_cell_regressor_to_every_cell():
+  """The diagnosis option (`shared=True`): the head's two layers are 1 x 1 convolutions, so each cell's outputs are
+  the same function of that cell's features alone, whatever the cell."""
+  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
+  head = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, shared=True)
+  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
+  variables = head.init(jax.random.PRNGKey(1), features, train=False)
+  chex.assert_shape([variables["params"]["fc1"]["kernel"], variables["params"]["fc2"]["kernel"]],
+                    [(1, 1, 6, 7), (1, 1, 7, 5 * 2 + 3)])
+  outputs = head.apply(variables, features, train=False)
+  chex.assert_shape([outputs["boxes"], outputs["confidence"], outputs["classes"]],
+                    [(2, S, S, 2, 4), (2, S, S, 2), (2, S, S, 3)])
+  # Copying one cell's features to another copies its outputs; changing one cell changes only that cell.
+  copied = features.at[:, 3, 0].set(features[:, 1, 2])
+  out = head.apply(variables, copied, train=False)
+  np.testing.assert_allclose(out["boxes"][:, 3, 0], out["boxes"][:, 1, 2], rtol=1e-6)
+  np.testing.assert_allclose(out["classes"][:, 3, 0], out["classes"][:, 1, 2], rtol=1e-6)
+  changed = np.any(np.abs(np.asarray(out["confidence"] - outputs["confidence"])) > 0, axis=(0, 3))
+  expected = np.zeros((S, S), bool)
+  expected[3, 0] = True
+  np.testing.assert_array_equal(changed, expected)
+  detector = build_detector("yolov1", num_classes=3, width=8, output_stride=16, fast=True, hidden=64,
+                            shared_head=True)
+  images = jnp.zeros((1, IMAGE, IMAGE, 3), jnp.uint8)
+  variables = jax.eval_shape(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))
+  assert variables["params"]["head"]["fc2"]["kernel"].shape == (1, 1, 64, 13)

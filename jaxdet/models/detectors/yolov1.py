@@ -58,6 +58,7 @@ class YOLOv1(nn.Module):
   hidden: int = 4096
   local_filters: int = 0
   passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for a diagnosis
+  shared_head: bool = False  # not YOLOv1's: `YOLOv1Head(shared=True)`, for a diagnosis
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
@@ -74,7 +75,8 @@ class YOLOv1(nn.Module):
       x = Passthrough(2 * self.width, batch_norm=self.batch_norm, dtype=self.dtype, name="passthrough")(
           features[self.output_stride // 2], x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
-                      local_filters=self.local_filters, dropout=self.dropout, dtype=self.dtype,
+                      local_filters=self.local_filters, dropout=self.dropout, shared=self.shared_head,
+                      dtype=self.dtype,
                       name="head")(x, train=train)
 
 
@@ -182,7 +184,7 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
                  batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
-                 passthrough: bool = False, dropout: float = 0.5,
+                 passthrough: bool = False, shared_head: bool = False, dropout: float = 0.5,
                  coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
                  iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
@@ -191,7 +193,7 @@ def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, 
     raise ValueError(f"YOLOv1 computes in float32, bfloat16 or float16, got dtype {dtype}")
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
                   batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
-                  passthrough=passthrough, dropout=dropout, dtype=dtype)
+                  passthrough=passthrough, shared_head=shared_head, dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape

@@ -28,6 +28,10 @@ class YOLOv1Head(nn.Module):
     outputs read the features of the whole map linearly, without the paper's `hidden`-unit bottleneck.
   `local_filters` and `hidden` can also be combined. The grid S is the feature map's side (7 x 7 at 448). Dropout
   draws from the `dropout` rng stream in training.
+
+  `shared=True` is not YOLOv1's (a diagnosis, docs/benchmarks.md "YOLO"): the same two layers applied to each cell's
+  features with weights shared by all cells (1 x 1 convolutions of `hidden` and `5 nb + C` channels), so every
+  object trains one regressor instead of its cell's own.
   """
 
   num_classes: int
@@ -35,6 +39,7 @@ class YOLOv1Head(nn.Module):
   hidden: int = 4096
   local_filters: int = 0
   dropout: float = 0.5
+  shared: bool = False  # not YOLOv1's: one per-cell regressor shared by all cells, for a diagnosis
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -44,12 +49,18 @@ class YOLOv1Head(nn.Module):
     if self.local_filters:
       x = nn.ConvLocal(self.local_filters, (3, 3), padding="SAME", dtype=self.dtype, name="local")(x)
       x = nn.leaky_relu(x, 0.1)
-    x = x.reshape(b, -1)
-    if self.hidden:
-      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), 0.1)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(s_h * s_w * (5 * nb + c), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
-    x = x.reshape(b, s_h, s_w, 5 * nb + c)
+    if self.shared:
+      if self.hidden:
+        x = nn.leaky_relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype, name="fc1")(x), 0.1)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = nn.Conv(5 * nb + c, (1, 1), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
+    else:
+      x = x.reshape(b, -1)
+      if self.hidden:
+        x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), 0.1)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = nn.Dense(s_h * s_w * (5 * nb + c), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
+      x = x.reshape(b, s_h, s_w, 5 * nb + c)
     per_box = x[..., :5 * nb].reshape(b, s_h, s_w, nb, 5)
     return {"boxes": per_box[..., :4], "confidence": per_box[..., 4], "classes": x[..., 5 * nb:]}
 
