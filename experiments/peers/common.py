@@ -12,9 +12,10 @@ A peer is a file `experiments/peers/<name>.py` that builds a torchvision detecto
 - the same selection and scoring: validation AP every `eval_every` steps (and at the end) picks the best weights,
   which are scored on `--split` (test) by `jaxdet.eval` (pycocotools-equal) through `jaxdet.train.evaluate`'s
   `write_evaluation`, so `eval_<split>.json` has eval.py's format.
-Outputs go to `--workdir` (default `runs/peers/<name>/seed<k>`): `metrics.jsonl` (train/loss,
-train/images_per_second, val/AP ... as jaxdet's trainer writes them), `eval_validation.json`, `eval_test.json`,
-`results_*.json`, `best.pt` and `train_summary.json` (wall time, images/s). Needs torch and torchvision (the peer
+Outputs go to `--workdir` (default `runs/peers/<config>/seed<k>`, <config> the config file's name, where
+`experiments/peers/compare.py` reads them): `metrics.jsonl` (train/loss, train/images_per_second, val/AP ... as
+jaxdet's trainer writes them), `eval_validation.json`, `eval_test.json`, `results_*.json`, `best.pt` and
+`train_summary.json` (wall time, images/s). Needs torch and torchvision (the peer
 environment), never a jaxdet requirement.
 
   python experiments/peers/retinanet.py --config=experiments/configs/retinanet_shapes.py --config.seed=1
@@ -52,7 +53,7 @@ from jaxdet.train.progress import Progress  # noqa: E402
 from jaxdet.train.writers import MetricWriter  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "jaxdet config file (experiments/configs/NAME.py).")
-WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/peers/<name>/seed<k>).")
+WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/peers/<config file name>/seed<k>).")
 SPLIT = flags.DEFINE_string("split", "test", "Split the best weights are scored on.")
 THREADS = flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: one per core).")
 
@@ -207,18 +208,17 @@ def train_and_evaluate(model: torch.nn.Module, config: Any, workdir: str, *, spl
   return metrics
 
 
-def main(build: Callable[[Any, int], torch.nn.Module], name: str | Callable[[Any], str], *,
-         label_offset: int = 0) -> None:
-  """The command line of a peer: `build(config, num_classes)` makes the torchvision detector; `name` (or
-  `name(config)`, for a peer of several configs) names its default workdir."""
+def main(build: Callable[[Any, int], torch.nn.Module], *, label_offset: int = 0) -> None:
+  """The command line of a peer: `build(config, num_classes)` makes the torchvision detector. Its default workdir is
+  named after the config file, as the zoo's rows are, so that `compare.py` pairs the two."""
 
   def run(argv):
     del argv
     config = CONFIG.value
     if THREADS.value:
       torch.set_num_threads(THREADS.value)
-    workdir = WORKDIR.value or os.path.join("runs/peers", name(config) if callable(name) else name,
-                                            f"seed{config.seed}")
+    config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    workdir = WORKDIR.value or os.path.join("runs/peers", config_name, f"seed{config.seed}")
     num_classes = inputs.build_source(config, config.data.train_split).num_classes
     model = build(config, num_classes)
     train_and_evaluate(model, config, workdir, split=SPLIT.value, label_offset=label_offset)

@@ -274,10 +274,5 @@ def build(config, num_classes: int) -> FasterRCNN:
   return model
 
 
-def run_name(config) -> str:
-  """The peer's name under runs/peers/: faster_rcnn_fpn or faster_rcnn (the single map)."""
-  return "faster_rcnn_fpn" if config.model.get("fpn", False) else "faster_rcnn"
-
-
 if __name__ == "__main__":
-  common.main(build, run_name, label_offset=1)
+  common.main(build, label_offset=1)

@@ -85,4 +85,4 @@ def build(config, num_classes: int) -> FCOS:
 
 
 if __name__ == "__main__":
-  common.main(build, "fcos")
+  common.main(build)

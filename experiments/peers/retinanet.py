@@ -54,4 +54,4 @@ def build(config, num_classes: int) -> RetinaNet:
 
 
 if __name__ == "__main__":
-  common.main(build, "retinanet")
+  common.main(build)

@@ -116,4 +116,4 @@ def build(config, num_classes: int) -> SSD:
 
 
 if __name__ == "__main__":
-  common.main(build, "ssd", label_offset=1)
+  common.main(build, label_offset=1)
