@@ -54,8 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.boxes_per_cell = 2
   c.model.hidden = 512
   c.model.local_filters = 0
+  c.model.backbone = "yolov1"  # "darknet19": YOLOv2's network, a diagnosis, not YOLOv1
   c.model.passthrough = False  # YOLOv2's passthrough layer: a diagnosis, not YOLOv1
   c.model.shared_head = False  # the head's two layers shared by every cell: a diagnosis, not YOLOv1
+  c.model.sigmoid_xy = False  # YOLOv2's logistic (x, y): a diagnosis, not YOLOv1
   c.model.dropout = 0.5
   c.model.coord_weight = 5.0
   c.model.noobj_weight = 0.5

@@ -316,3 +316,38 @@ def test_shared_head_applies_one_per_cell_regressor_to_every_cell():
   images = jnp.zeros((1, IMAGE, IMAGE, 3), jnp.uint8)
   variables = jax.eval_shape(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))
   assert variables["params"]["head"]["fc2"]["kernel"].shape == (1, 1, 64, 13)
+
+
+def test_darknet19_backbone_option_swaps_the_network_and_keeps_the_grid():
+  """The diagnosis option (YOLOv2's network under YOLOv1's head and loss): Darknet-19's 18 convolutions at its own
+  width (last stage 32 x width channels) feed the same S x S head; Fast YOLO does not combine with it."""
+  images = jnp.zeros((1, IMAGE, IMAGE, 3), jnp.uint8)
+  detector = build_detector("yolov1", num_classes=3, width=4, output_stride=16, hidden=16, backbone="darknet19",
+                            passthrough=True)
+  variables = jax.eval_shape(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))
+  convs = variables["params"]["backbone"]["stack"]
+  assert len(convs) == 18 and convs["conv18"]["conv"]["kernel"].shape[-1] == 32 * 4
+  outputs = jax.eval_shape(lambda v: detector.module.apply(v, images, train=False), variables)
+  chex.assert_shape(outputs["boxes"], (1, S, S, 2, 4))
+  # The head reads Darknet-19's last map and the passthrough's 4 x (2 width) channels per cell.
+  assert variables["params"]["head"]["fc1"]["kernel"].shape[0] == S * S * (32 * 4 + 4 * 2 * 4)
+  with pytest.raises(ValueError, match="Fast YOLO"):
+    build_detector("yolov1", num_classes=3, backbone="darknet19", fast=True)
+  with pytest.raises(ValueError, match="backbone"):
+    build_detector("yolov1", num_classes=3, backbone="resnet")
+
+
+def test_sigmoid_xy_option_squashes_only_the_centre():
+  """The diagnosis option (YOLOv2's logistic centre): with the same weights, (x, y) become sigma of the linear head's
+  and every other output is unchanged."""
+  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
+  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
+  linear = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0)
+  variables = linear.init(jax.random.PRNGKey(1), features, train=False)
+  plain = linear.apply(variables, features, train=False)
+  squashed = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, sigmoid_xy=True).apply(variables, features,
+                                                                                       train=False)
+  np.testing.assert_allclose(squashed["boxes"][..., :2], jax.nn.sigmoid(plain["boxes"][..., :2]), rtol=1e-6)
+  np.testing.assert_array_equal(squashed["boxes"][..., 2:], plain["boxes"][..., 2:])
+  np.testing.assert_array_equal(squashed["confidence"], plain["confidence"])
+  np.testing.assert_array_equal(squashed["classes"], plain["classes"])

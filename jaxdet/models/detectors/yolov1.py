@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.models.backbones.darknet import YOLOv1Backbone
+from jaxdet.models.backbones.darknet import Darknet19, YOLOv1Backbone
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.heads.yolo import YOLOv1Head
 from jaxdet.models.necks.passthrough import Passthrough
@@ -45,8 +45,11 @@ class YOLOv1(nn.Module):
   """Returns YOLOv1's predictions (`YOLOv1Head` layout) for images `[B, H, W, 3]`; the grid is S = H / output_stride.
 
   The fully connected head fixes the input size: the module only runs on the image shape it was initialised with.
-  `hidden` / `local_filters` choose the paper's head or darknet `yolov1.cfg`'s (`YOLOv1Head`); `passthrough` adds
-  YOLOv2's passthrough of the stride `output_stride / 2` map (not YOLOv1's; a diagnosis option, off by default).
+  `hidden` / `local_filters` choose the paper's head or darknet `yolov1.cfg`'s (`YOLOv1Head`). Not YOLOv1's,
+  diagnosis options that swap one of its parts with YOLOv2's: `passthrough` adds the passthrough of the stride
+  `output_stride / 2` map, `backbone="darknet19"` replaces the 24-convolution network with Darknet-19 (`width` is
+  then its first layer's channels, 32 in YOLOv2's paper), and `sigmoid_xy` makes the centre YOLOv2's logistic
+  offset in its cell (`YOLOv1Head`).
   """
 
   num_classes: int
@@ -57,8 +60,10 @@ class YOLOv1(nn.Module):
   boxes_per_cell: int = 2
   hidden: int = 4096
   local_filters: int = 0
+  backbone: str = "yolov1"  # "darknet19": not YOLOv1's, YOLOv2's network, for a diagnosis
   passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for a diagnosis
   shared_head: bool = False  # not YOLOv1's: `YOLOv1Head(shared=True)`, for a diagnosis
+  sigmoid_xy: bool = False  # not YOLOv1's: `YOLOv1Head(sigmoid_xy=True)`, for a diagnosis
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
@@ -68,16 +73,20 @@ class YOLOv1(nn.Module):
   def __call__(self, images, *, train: bool = False, targets: Any = None):
     del targets
     x = normalize_image(images, self.pixel_mean, self.pixel_std)
-    features = YOLOv1Backbone(width=self.width, output_stride=self.output_stride, fast=self.fast,
-                              batch_norm=self.batch_norm, dtype=self.dtype, name="backbone")(x, train=train)
+    if self.backbone == "darknet19":
+      network = Darknet19(width=self.width, output_stride=self.output_stride, batch_norm=self.batch_norm,
+                          dtype=self.dtype, name="backbone")
+    else:
+      network = YOLOv1Backbone(width=self.width, output_stride=self.output_stride, fast=self.fast,
+                               batch_norm=self.batch_norm, dtype=self.dtype, name="backbone")
+    features = network(x, train=train)
     x = features[self.output_stride]
     if self.passthrough:
       x = Passthrough(2 * self.width, batch_norm=self.batch_norm, dtype=self.dtype, name="passthrough")(
           features[self.output_stride // 2], x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
                       local_filters=self.local_filters, dropout=self.dropout, shared=self.shared_head,
-                      dtype=self.dtype,
-                      name="head")(x, train=train)
+                      sigmoid_xy=self.sigmoid_xy, dtype=self.dtype, name="head")(x, train=train)
 
 
 def yolov1_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
@@ -184,16 +193,22 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
                  batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
-                 passthrough: bool = False, shared_head: bool = False, dropout: float = 0.5,
-                 coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
-                 iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
+                 backbone: str = "yolov1", passthrough: bool = False, shared_head: bool = False,
+                 sigmoid_xy: bool = False, dropout: float = 0.5, coord_weight: float = 5.0, noobj_weight: float = 0.5,
+                 score_threshold: float = 0.005, iou_threshold: float = 0.5, max_detections: int = 100,
+                 dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
     raise ValueError(f"YOLOv1 computes in float32, bfloat16 or float16, got dtype {dtype}")
+  if backbone not in ("yolov1", "darknet19"):
+    raise ValueError(f"backbone must be 'yolov1' (with `fast` for Fast YOLO) or 'darknet19', got {backbone!r}")
+  if backbone == "darknet19" and fast:
+    raise ValueError("fast=True selects Fast YOLO's network; it does not combine with backbone='darknet19'")
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
                   batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
-                  passthrough=passthrough, shared_head=shared_head, dropout=dropout, dtype=dtype)
+                  backbone=backbone, passthrough=passthrough, shared_head=shared_head, sigmoid_xy=sigmoid_xy,
+                  dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape

@@ -31,7 +31,9 @@ class YOLOv1Head(nn.Module):
 
   `shared=True` is not YOLOv1's (a diagnosis, docs/benchmarks.md "YOLO"): the same two layers applied to each cell's
   features with weights shared by all cells (1 x 1 convolutions of `hidden` and `5 nb + C` channels), so every
-  object trains one regressor instead of its cell's own.
+  object trains one regressor instead of its cell's own. `sigmoid_xy=True` is not YOLOv1's either: YOLOv2's
+  logistic (x, y), so the centre stays in its cell (what `boxes` holds, and so the loss and the decoding, is then
+  sigma(t_x), sigma(t_y)); a diagnosis.
   """
 
   num_classes: int
@@ -40,6 +42,7 @@ class YOLOv1Head(nn.Module):
   local_filters: int = 0
   dropout: float = 0.5
   shared: bool = False  # not YOLOv1's: one per-cell regressor shared by all cells, for a diagnosis
+  sigmoid_xy: bool = False  # not YOLOv1's: YOLOv2's logistic centre, for a diagnosis
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -62,7 +65,10 @@ class YOLOv1Head(nn.Module):
       x = nn.Dense(s_h * s_w * (5 * nb + c), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
       x = x.reshape(b, s_h, s_w, 5 * nb + c)
     per_box = x[..., :5 * nb].reshape(b, s_h, s_w, nb, 5)
-    return {"boxes": per_box[..., :4], "confidence": per_box[..., 4], "classes": x[..., 5 * nb:]}
+    boxes = per_box[..., :4]
+    if self.sigmoid_xy:
+      boxes = jnp.concatenate([nn.sigmoid(boxes[..., :2]), boxes[..., 2:]], axis=-1)
+    return {"boxes": boxes, "confidence": per_box[..., 4], "classes": x[..., 5 * nb:]}
 
 
 class YOLOHead(nn.Module):
