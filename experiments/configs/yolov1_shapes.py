@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.local_filters = 0
   c.model.backbone = "yolov1"  # "darknet19": YOLOv2's network, a diagnosis, not YOLOv1
   c.model.passthrough = False  # YOLOv2's passthrough layer: a diagnosis, not YOLOv1
+  c.model.detect_convs = 0  # YOLOv2's 3 x 3 detection convolutions before the head: a diagnosis, not YOLOv1
   c.model.shared_head = False  # the head's two layers shared by every cell: a diagnosis, not YOLOv1
   c.model.sigmoid_xy = False  # YOLOv2's logistic (x, y): a diagnosis, not YOLOv1
   c.model.dropout = 0.5

@@ -351,3 +351,16 @@ def test_sigmoid_xy_option_squashes_only_the_centre():
   np.testing.assert_array_equal(squashed["boxes"][..., 2:], plain["boxes"][..., 2:])
   np.testing.assert_array_equal(squashed["confidence"], plain["confidence"])
   np.testing.assert_array_equal(squashed["classes"], plain["classes"])
+
+
+def test_detect_convs_option_adds_3x3_layers_before_the_head():
+  """The diagnosis option (YOLOv2's detection layers): k 3 x 3 convolutions of the network's last-map channels after
+  the passthrough, so the head reads their output."""
+  images = jnp.zeros((1, IMAGE, IMAGE, 3), jnp.uint8)
+  detector = build_detector("yolov1", num_classes=3, width=4, output_stride=16, hidden=16, backbone="darknet19",
+                            passthrough=True, detect_convs=2)
+  variables = jax.eval_shape(lambda: detector.module.init(jax.random.PRNGKey(0), images, train=False))
+  params = variables["params"]
+  chex.assert_shape([params["detect1"]["conv"]["kernel"], params["detect2"]["conv"]["kernel"]],
+                    [(3, 3, 32 * 4 + 4 * 2 * 4, 32 * 4), (3, 3, 32 * 4, 32 * 4)])
+  assert params["head"]["fc1"]["kernel"].shape[0] == S * S * 32 * 4

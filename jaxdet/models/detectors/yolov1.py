@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.models.backbones.darknet import Darknet19, YOLOv1Backbone
+from jaxdet.models.backbones.darknet import ConvBNLeaky, Darknet19, YOLOv1Backbone
 from jaxdet.models.detector import Detections, Detector
 from jaxdet.models.heads.yolo import YOLOv1Head
 from jaxdet.models.necks.passthrough import Passthrough
@@ -48,8 +48,9 @@ class YOLOv1(nn.Module):
   `hidden` / `local_filters` choose the paper's head or darknet `yolov1.cfg`'s (`YOLOv1Head`). Not YOLOv1's,
   diagnosis options that swap one of its parts with YOLOv2's: `passthrough` adds the passthrough of the stride
   `output_stride / 2` map, `backbone="darknet19"` replaces the 24-convolution network with Darknet-19 (`width` is
-  then its first layer's channels, 32 in YOLOv2's paper), and `sigmoid_xy` makes the centre YOLOv2's logistic
-  offset in its cell (`YOLOv1Head`).
+  then its first layer's channels, 32 in YOLOv2's paper), `detect_convs` adds that many 3 x 3 convolutions (as
+  many channels as the network's last map) between the network (and passthrough) and the head, as YOLOv2's
+  detection layers, and `sigmoid_xy` makes the centre YOLOv2's logistic offset in its cell (`YOLOv1Head`).
   """
 
   num_classes: int
@@ -62,6 +63,7 @@ class YOLOv1(nn.Module):
   local_filters: int = 0
   backbone: str = "yolov1"  # "darknet19": not YOLOv1's, YOLOv2's network, for a diagnosis
   passthrough: bool = False  # not YOLOv1's: YOLOv2's fine-grained features, for a diagnosis
+  detect_convs: int = 0  # not YOLOv1's: YOLOv2's 3 x 3 detection convolutions, for a diagnosis
   shared_head: bool = False  # not YOLOv1's: `YOLOv1Head(shared=True)`, for a diagnosis
   sigmoid_xy: bool = False  # not YOLOv1's: `YOLOv1Head(sigmoid_xy=True)`, for a diagnosis
   dropout: float = 0.5
@@ -81,9 +83,12 @@ class YOLOv1(nn.Module):
                                batch_norm=self.batch_norm, dtype=self.dtype, name="backbone")
     features = network(x, train=train)
     x = features[self.output_stride]
+    channels = x.shape[-1]
     if self.passthrough:
       x = Passthrough(2 * self.width, batch_norm=self.batch_norm, dtype=self.dtype, name="passthrough")(
           features[self.output_stride // 2], x, train=train)
+    for k in range(self.detect_convs):
+      x = ConvBNLeaky(channels, 3, batch_norm=self.batch_norm, dtype=self.dtype, name=f"detect{k + 1}")(x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
                       local_filters=self.local_filters, dropout=self.dropout, shared=self.shared_head,
                       sigmoid_xy=self.sigmoid_xy, dtype=self.dtype, name="head")(x, train=train)
@@ -193,10 +198,10 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
                  batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
-                 backbone: str = "yolov1", passthrough: bool = False, shared_head: bool = False,
-                 sigmoid_xy: bool = False, dropout: float = 0.5, coord_weight: float = 5.0, noobj_weight: float = 0.5,
-                 score_threshold: float = 0.005, iou_threshold: float = 0.5, max_detections: int = 100,
-                 dtype: Any = jnp.float32) -> Detector:
+                 backbone: str = "yolov1", passthrough: bool = False, detect_convs: int = 0,
+                 shared_head: bool = False, sigmoid_xy: bool = False, dropout: float = 0.5,
+                 coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
+                 iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
@@ -207,8 +212,8 @@ def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, 
     raise ValueError("fast=True selects Fast YOLO's network; it does not combine with backbone='darknet19'")
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
                   batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
-                  backbone=backbone, passthrough=passthrough, shared_head=shared_head, sigmoid_xy=sigmoid_xy,
-                  dropout=dropout, dtype=dtype)
+                  backbone=backbone, passthrough=passthrough, detect_convs=detect_convs, shared_head=shared_head,
+                  sigmoid_xy=sigmoid_xy, dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape
