@@ -6,8 +6,10 @@ target (11.5% at S = 4, 0.8% at S = 16), while the fully connected output grows 
 The paper's 448 -> 7 x 7 at stride 64 would leave 2 x 2 cells at 128. Width 12 (of the paper's 64) and a hidden layer
 of 512 (of 4096) size the network for the protocol's CPU budget. `model.local_filters=48 model.hidden=0` gives
 darknet's `yolov1.cfg` head instead (a locally connected 3 x 3 layer, dropout, one linear layer);
-`model.passthrough=True` adds YOLOv2's passthrough layer and `model.shared_head=True` shares the head's two layers
-across the cells as 1 x 1 convolutions (neither is YOLOv1: diagnoses, docs/benchmarks.md "YOLO").
+Not YOLOv1, diagnoses that swap one of its parts with YOLOv2's (docs/benchmarks.md "YOLO"): `model.passthrough=True`
+(YOLOv2's passthrough layer), `model.backbone=darknet19`, `model.detect_convs=k` (3 x 3 convolutions before the
+head), `model.shared_head=True` (the head's two layers shared across the cells as 1 x 1 convolutions) and
+`model.sigmoid_xy=True` (the logistic centre).
 
   python experiments/train.py --config=experiments/configs/yolov1_shapes.py --workdir=runs/yolov1_shapes
 """
