@@ -139,6 +139,7 @@ ABSENT_MEANS = {
     "model.passthrough": False,      # yolov1_shapes: YOLOv1 without YOLOv2's passthrough (YOLOv2 sets it True)
     "model.shared_head": False,      # yolov1_shapes: the paper's fully connected head
     "model.sigmoid_xy": False,       # yolov1_shapes: YOLOv1's linear (x, y)
+    "model.yolov2_scores": False,    # yolov1_shapes: squared errors on linear confidence and classes
     "model.detect_convs": 0,         # yolov1_shapes: the head right after the network
     "model.backbone": "yolov1",      # yolov1_shapes: the 24-convolution network (other configs always had the key)
     # Before 390d5e2 SAT (where on) attacked every step; the runs of that time had it off (yolov3_shapes: sat_steps 0).

@@ -9,7 +9,7 @@ darknet's `yolov1.cfg` head instead (a locally connected 3 x 3 layer, dropout, o
 Not YOLOv1, diagnoses that swap one of its parts with YOLOv2's (docs/benchmarks.md "YOLO"): `model.passthrough=True`
 (YOLOv2's passthrough layer), `model.backbone=darknet19`, `model.detect_convs=k` (3 x 3 convolutions before the
 head), `model.shared_head=True` (the head's two layers shared across the cells as 1 x 1 convolutions) and
-`model.sigmoid_xy=True` (the logistic centre).
+`model.sigmoid_xy=True` (the logistic centre) and `model.yolov2_scores=True` (logistic confidence, softmax classes).
 
   python experiments/train.py --config=experiments/configs/yolov1_shapes.py --workdir=runs/yolov1_shapes
 """
@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.detect_convs = 0  # YOLOv2's 3 x 3 detection convolutions before the head: a diagnosis, not YOLOv1
   c.model.shared_head = False  # the head's two layers shared by every cell: a diagnosis, not YOLOv1
   c.model.sigmoid_xy = False  # YOLOv2's logistic (x, y): a diagnosis, not YOLOv1
+  c.model.yolov2_scores = False  # YOLOv2's logistic confidence and softmax classes: a diagnosis, not YOLOv1
   c.model.dropout = 0.5
   c.model.coord_weight = 5.0
   c.model.noobj_weight = 0.5

@@ -364,3 +364,37 @@ def test_detect_convs_option_adds_3x3_layers_before_the_head():
   chex.assert_shape([params["detect1"]["conv"]["kernel"], params["detect2"]["conv"]["kernel"]],
                     [(3, 3, 32 * 4 + 4 * 2 * 4, 32 * 4), (3, 3, 32 * 4, 32 * 4)])
   assert params["head"]["fc1"]["kernel"].shape[0] == S * S * 32 * 4
+
+
+def test_yolov2_scores_option_scores_and_trains_classes_as_yolov2():
+  """The diagnosis option (YOLOv2's scoring): with the same weights the confidence is sigma of the linear head's and
+  the classes its softmax; the loss's class term is then the softmax cross-entropy (NumPy) in the object cells."""
+  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
+  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
+  linear = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0)
+  variables = linear.init(jax.random.PRNGKey(1), features, train=False)
+  plain = linear.apply(variables, features, train=False)
+  scored = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, yolov2_scores=True).apply(variables, features,
+                                                                                      train=False)
+  np.testing.assert_array_equal(scored["boxes"], plain["boxes"])
+  np.testing.assert_allclose(scored["confidence"], jax.nn.sigmoid(plain["confidence"]), rtol=1e-6)
+  np.testing.assert_allclose(scored["classes"], jax.nn.softmax(plain["classes"]), rtol=1e-6)
+  np.testing.assert_array_equal(scored["class_logits"], plain["classes"])
+
+  boxes = jnp.array([[[4.0, 4.0, 12.0, 14.0], [30.0, 20.0, 60.0, 44.0]]] * 2)
+  labels = jnp.array([[2, 0], [1, 1]])
+  valid = jnp.ones((2, 2), bool)
+  targets = jax.vmap(functools.partial(yolov1_targets, grid_size=(S, S), image_size=(IMAGE, IMAGE)))(
+      boxes, labels, valid, ~valid)
+  _, with_ce = yolov1_loss(scored, targets, image_size=(IMAGE, IMAGE))
+  _, with_mse = yolov1_loss({k: v for k, v in scored.items() if k != "class_logits"}, targets,
+                            image_size=(IMAGE, IMAGE))
+  logits = np.asarray(plain["classes"], np.float64)
+  log_p = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  mask = np.asarray(targets["object"])
+  label = np.asarray(targets["label"])
+  expected = -np.sum(np.take_along_axis(log_p, label[..., None], -1)[..., 0][mask]) / 2
+  np.testing.assert_allclose(with_ce["class_loss"], expected, rtol=1e-5)
+  # The other terms do not depend on how the classes are trained.
+  for key in ("xy_loss", "wh_loss", "obj_loss", "noobj_loss"):
+    np.testing.assert_allclose(with_ce[key], with_mse[key], rtol=1e-6)

@@ -39,6 +39,7 @@ from jaxdet.ops.boxes import box_area, clip_boxes, is_valid_box, xyxy_to_cxcywh
 from jaxdet.ops.coders import decode_yolov1, encode_yolov1
 from jaxdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 from jaxdet.ops.iou import elementwise_iou
+from jaxdet.ops.losses import softmax_cross_entropy
 
 
 class YOLOv1(nn.Module):
@@ -50,7 +51,8 @@ class YOLOv1(nn.Module):
   `output_stride / 2` map, `backbone="darknet19"` replaces the 24-convolution network with Darknet-19 (`width` is
   then its first layer's channels, 32 in YOLOv2's paper), `detect_convs` adds that many 3 x 3 convolutions (as
   many channels as the network's last map) between the network (and passthrough) and the head, as YOLOv2's
-  detection layers, and `sigmoid_xy` makes the centre YOLOv2's logistic offset in its cell (`YOLOv1Head`).
+  detection layers, `sigmoid_xy` makes the centre YOLOv2's logistic offset in its cell and `yolov2_scores` scores
+  as YOLOv2 (a logistic confidence, softmax classes trained by cross-entropy; `YOLOv1Head`).
   """
 
   num_classes: int
@@ -66,6 +68,7 @@ class YOLOv1(nn.Module):
   detect_convs: int = 0  # not YOLOv1's: YOLOv2's 3 x 3 detection convolutions, for a diagnosis
   shared_head: bool = False  # not YOLOv1's: `YOLOv1Head(shared=True)`, for a diagnosis
   sigmoid_xy: bool = False  # not YOLOv1's: `YOLOv1Head(sigmoid_xy=True)`, for a diagnosis
+  yolov2_scores: bool = False  # not YOLOv1's: `YOLOv1Head(yolov2_scores=True)`, for a diagnosis
   dropout: float = 0.5
   pixel_mean: Sequence[float] = IMAGENET_MEAN
   pixel_std: Sequence[float] = IMAGENET_STD
@@ -91,7 +94,8 @@ class YOLOv1(nn.Module):
       x = ConvBNLeaky(channels, 3, batch_norm=self.batch_norm, dtype=self.dtype, name=f"detect{k + 1}")(x, train=train)
     return YOLOv1Head(self.num_classes, boxes_per_cell=self.boxes_per_cell, hidden=self.hidden,
                       local_filters=self.local_filters, dropout=self.dropout, shared=self.shared_head,
-                      sigmoid_xy=self.sigmoid_xy, dtype=self.dtype, name="head")(x, train=train)
+                      sigmoid_xy=self.sigmoid_xy, yolov2_scores=self.yolov2_scores, dtype=self.dtype,
+                      name="head")(x, train=train)
 
 
 def yolov1_targets(boxes: jax.Array, labels: jax.Array, valid: jax.Array, crowd: jax.Array, *,
@@ -157,7 +161,9 @@ def yolov1_loss(outputs: dict[str, jax.Array], targets: dict[str, jax.Array], *,
     (5) sum_i 1_i^obj sum_c (p_i(c) - p^_i(c))^2, p^ one-hot
 
   1_ij^obj marks the responsible predictor j (`responsible_predictor`) of a cell i holding an object. `outputs` is
-  `YOLOv1Head`'s; `targets` is `yolov1_targets`' batched; `image_size` (H, W) is the input's, in pixels.
+  `YOLOv1Head`'s; `targets` is `yolov1_targets`' batched; `image_size` (H, W) is the input's, in pixels. When
+  `outputs` has `class_logits` (`YOLOv1Head(yolov2_scores=True)`, a diagnosis, not YOLOv1), term (5) is YOLOv2's
+  softmax cross-entropy of those logits instead.
   """
   pred, conf, probs = outputs["boxes"], outputs["confidence"], outputs["classes"]
   b, gh, gw, nb, _ = pred.shape
@@ -174,7 +180,10 @@ def yolov1_loss(outputs: dict[str, jax.Array], targets: dict[str, jax.Array], *,
   obj = where(obj_ij, jnp.square(conf - iou))
   noobj = noobj_weight * where(~obj_ij, jnp.square(conf))
   onehot = jax.nn.one_hot(targets["label"], probs.shape[-1])
-  cls = where(targets["object"][..., None], jnp.square(probs - onehot))
+  if "class_logits" in outputs:
+    cls = where(targets["object"], softmax_cross_entropy(outputs["class_logits"], targets["label"]))
+  else:
+    cls = where(targets["object"][..., None], jnp.square(probs - onehot))
   terms = {"xy_loss": xy, "wh_loss": wh, "obj_loss": obj, "noobj_loss": noobj, "class_loss": cls}
   terms = {k: v / b for k, v in terms.items()}
   loss = sum(terms.values())
@@ -199,9 +208,10 @@ def yolov1_decode(outputs: dict[str, jax.Array], *, image_size: tuple[int, int],
 def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, fast: bool = False,
                  batch_norm: bool = True, boxes_per_cell: int = 2, hidden: int = 4096, local_filters: int = 0,
                  backbone: str = "yolov1", passthrough: bool = False, detect_convs: int = 0,
-                 shared_head: bool = False, sigmoid_xy: bool = False, dropout: float = 0.5,
-                 coord_weight: float = 5.0, noobj_weight: float = 0.5, score_threshold: float = 0.005,
-                 iou_threshold: float = 0.5, max_detections: int = 100, dtype: Any = jnp.float32) -> Detector:
+                 shared_head: bool = False, sigmoid_xy: bool = False, yolov2_scores: bool = False,
+                 dropout: float = 0.5, coord_weight: float = 5.0, noobj_weight: float = 0.5,
+                 score_threshold: float = 0.005, iou_threshold: float = 0.5, max_detections: int = 100,
+                 dtype: Any = jnp.float32) -> Detector:
   """Returns the YOLOv1 `Detector` (see the module docstring); the grid is S = image side / `output_stride`."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
@@ -213,7 +223,7 @@ def build_yolov1(*, num_classes: int, width: int = 64, output_stride: int = 64, 
   module = YOLOv1(num_classes=num_classes, width=width, output_stride=output_stride, fast=fast,
                   batch_norm=batch_norm, boxes_per_cell=boxes_per_cell, hidden=hidden, local_filters=local_filters,
                   backbone=backbone, passthrough=passthrough, detect_convs=detect_convs, shared_head=shared_head,
-                  sigmoid_xy=sigmoid_xy, dropout=dropout, dtype=dtype)
+                  sigmoid_xy=sigmoid_xy, yolov2_scores=yolov2_scores, dropout=dropout, dtype=dtype)
 
   def assign(batch):
     _, h, w, _ = batch["image"].shape

@@ -33,7 +33,9 @@ class YOLOv1Head(nn.Module):
   features with weights shared by all cells (1 x 1 convolutions of `hidden` and `5 nb + C` channels), so every
   object trains one regressor instead of its cell's own. `sigmoid_xy=True` is not YOLOv1's either: YOLOv2's
   logistic (x, y), so the centre stays in its cell (what `boxes` holds, and so the loss and the decoding, is then
-  sigma(t_x), sigma(t_y)); a diagnosis.
+  sigma(t_x), sigma(t_y)); a diagnosis. Nor is `yolov2_scores=True` (a diagnosis): YOLOv2's scoring, the
+  confidence a logistic sigma(t_o) and `classes` the softmax of `class_logits` (also returned, so that
+  `yolov1_loss` trains them by softmax cross-entropy).
   """
 
   num_classes: int
@@ -43,6 +45,7 @@ class YOLOv1Head(nn.Module):
   dropout: float = 0.5
   shared: bool = False  # not YOLOv1's: one per-cell regressor shared by all cells, for a diagnosis
   sigmoid_xy: bool = False  # not YOLOv1's: YOLOv2's logistic centre, for a diagnosis
+  yolov2_scores: bool = False  # not YOLOv1's: logistic confidence, softmax classes, for a diagnosis
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -68,6 +71,10 @@ class YOLOv1Head(nn.Module):
     boxes = per_box[..., :4]
     if self.sigmoid_xy:
       boxes = jnp.concatenate([nn.sigmoid(boxes[..., :2]), boxes[..., 2:]], axis=-1)
+    if self.yolov2_scores:
+      logits = x[..., 5 * nb:]
+      return {"boxes": boxes, "confidence": nn.sigmoid(per_box[..., 4]), "classes": nn.softmax(logits, axis=-1),
+              "class_logits": logits}
     return {"boxes": boxes, "confidence": per_box[..., 4], "classes": x[..., 5 * nb:]}
 
 
