@@ -337,16 +337,20 @@ def test_darknet19_backbone_option_swaps_the_network_and_keeps_the_grid():
     build_detector("yolov1", num_classes=3, backbone="resnet")
 
 
+def _linear_and_option_heads(**option):
+  """Outputs of the paper's linear `YOLOv1Head` and of the same head with a diagnosis `option`, with the same weights
+  (the option adds no parameters)."""
+  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
+  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
+  variables = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0).init(jax.random.PRNGKey(1), features, train=False)
+  plain = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0).apply(variables, features, train=False)
+  return plain, YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, **option).apply(variables, features, train=False)
+
+
 def test_sigmoid_xy_option_squashes_only_the_centre():
   """The diagnosis option (YOLOv2's logistic centre): with the same weights, (x, y) become sigma of the linear head's
   and every other output is unchanged."""
-  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
-  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
-  linear = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0)
-  variables = linear.init(jax.random.PRNGKey(1), features, train=False)
-  plain = linear.apply(variables, features, train=False)
-  squashed = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, sigmoid_xy=True).apply(variables, features,
-                                                                                       train=False)
+  plain, squashed = _linear_and_option_heads(sigmoid_xy=True)
   np.testing.assert_allclose(squashed["boxes"][..., :2], jax.nn.sigmoid(plain["boxes"][..., :2]), rtol=1e-6)
   np.testing.assert_array_equal(squashed["boxes"][..., 2:], plain["boxes"][..., 2:])
   np.testing.assert_array_equal(squashed["confidence"], plain["confidence"])
@@ -369,13 +373,7 @@ def test_detect_convs_option_adds_3x3_layers_before_the_head():
 def test_yolov2_scores_option_scores_and_trains_classes_as_yolov2():
   """The diagnosis option (YOLOv2's scoring): with the same weights the confidence is sigma of the linear head's and
   the classes its softmax; the loss's class term is then the softmax cross-entropy (NumPy) in the object cells."""
-  from jaxdet.models.heads.yolo import YOLOv1Head  # pylint: disable=g-import-not-at-top
-  features = jax.random.normal(jax.random.PRNGKey(0), (2, S, S, 6))
-  linear = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0)
-  variables = linear.init(jax.random.PRNGKey(1), features, train=False)
-  plain = linear.apply(variables, features, train=False)
-  scored = YOLOv1Head(num_classes=3, hidden=7, dropout=0.0, yolov2_scores=True).apply(variables, features,
-                                                                                      train=False)
+  plain, scored = _linear_and_option_heads(yolov2_scores=True)
   np.testing.assert_array_equal(scored["boxes"], plain["boxes"])
   np.testing.assert_allclose(scored["confidence"], jax.nn.sigmoid(plain["confidence"]), rtol=1e-6)
   np.testing.assert_allclose(scored["classes"], jax.nn.softmax(plain["classes"]), rtol=1e-6)
