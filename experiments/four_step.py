@@ -4,6 +4,8 @@ each starting from the previous one's latest checkpoint; resumes where it stoppe
   python experiments/four_step.py --config=experiments/configs/faster_rcnn_4step_shapes.py[:1,fpn] --workdir=DIR \\
       [--config.seed=1 --config.data.shapes_config=tiny ...]
 
+(`faster_rcnn_fpn_4step_shapes.py` is the ",fpn" variant under a name of its own, for the zoo's rows.)
+
 Steps go to DIR/step1 ... DIR/step4; DIR/step4 holds the final detector. When step 4 is done, DIR itself looks
 like a finished train.py run of the given config — `DIR/checkpoints` links to step 4's, `DIR/metrics.jsonl` holds
 the four steps' records in order, `DIR/config.json` the given config — so `eval.py` / `predict.py` and the zoo
