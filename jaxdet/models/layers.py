@@ -2,7 +2,7 @@
 
 `Conv`, `ConvTranspose` and `max_pool` compute the same function as `nn.Conv`, `nn.ConvTranspose` and
 `nn.max_pool`, with the same parameter names, shapes and initialisers (a checkpoint of one loads into the other),
-and the same outputs and gradients to float rounding. What differs is how three cases are computed, each found in
+and the same outputs and gradients to float rounding. What differs is how four cases are computed, each found in
 the profile of the CenterNet shapes train step on a CPU (docs/benchmarks.md):
 
 - Transposed convolutions (input dilation s, window stride 1). XLA writes their kernel gradient as a convolution
@@ -13,6 +13,8 @@ the profile of the CenterNet shapes train step on a CPU (docs/benchmarks.md):
   (`jax.custom_vjp`; the input gradient stays XLA's, a plain strided convolution).
 - Strided convolutions of inputs with few channels (an RGB stem): computed as stride-1 convolutions on
   space-to-depth blocks, whose s^2 C channels fill the vector units (`_space_to_depth_conv`); autodiff as usual.
+- Pointwise (1x1) convolutions: a matrix product over the pixels (`_pointwise_conv`), whose kernel gradient needs
+  no transposed copy of the input (a convolution's does, for the batch to become the contracted dimension).
 - `max_pool`: the gradient goes to the first maximum of each window in row-major order, as jax's own
   (select-and-scatter with `ge`, a scalar loop on XLA:CPU). A differentiated call records that tap (int8) while
   it takes the maximum, and the backward pass routes each output's gradient there with one select and one
@@ -154,7 +156,10 @@ def conv_general_dilated(x: jax.Array, kernel: jax.Array, *, strides: Sequence[i
                             lhs_dilation=input_dilation, rhs_dilation=kernel_dilation,
                             dimension_numbers=_dimension_numbers(x.ndim), feature_group_count=groups,
                             precision=precision)
-  if (any(s > 1 for s in strides) and x.shape[-1] <= FEW_CHANNELS and groups == 1
+  if (all(k == 1 for k in kernel.shape[:-2]) and groups == 1 and all(p == (0, 0) for p in padding)
+      and all(s == 1 for s in input_dilation)):
+    fast = functools.partial(_pointwise_conv, strides=strides, precision=precision)
+  elif (any(s > 1 for s in strides) and x.shape[-1] <= FEW_CHANNELS and groups == 1
       and all(s == 1 for s in input_dilation) and all(r == 1 for r in kernel_dilation)):
     fast = functools.partial(_space_to_depth_conv, strides=strides, padding=padding, precision=precision)
   elif any(s != 1 for s in input_dilation):
@@ -163,6 +168,17 @@ def conv_general_dilated(x: jax.Array, kernel: jax.Array, *, strides: Sequence[i
   else:  # XLA:CPU's gradients of these are fast: nothing to change
     return plain(x, kernel)
   return lax.platform_dependent(x, kernel, cpu=fast, default=plain)
+
+
+def _pointwise_conv(x, kernel, *, strides, precision):
+  """A 1 x ... x 1 convolution (no padding) as the matrix product of the strided input's pixels with the kernel.
+
+  Its kernel gradient is then a product contracting the pixels (`x^T dy`), which XLA:CPU runs on the arrays as they
+  are; as a convolution, XLA first transposes the input to put the batch last (the slowest copies of the step).
+  """
+  xs = x[(slice(None), *(slice(None, None, s) for s in strides))]
+  return lax.dot_general(xs, kernel.reshape(kernel.shape[-2:]), (((xs.ndim - 1,), (0,)), ((), ())),
+                         precision=precision)
 
 
 def _space_to_depth_conv(x, kernel, *, strides, padding, precision):
@@ -329,17 +345,16 @@ def _max_pool(x, window, strides, padding):
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  """The maximum and, per output, the first window tap (row-major) that holds it, in one pass over the taps."""
+  """The maximum and, per output, the first window tap (row-major) that holds it.
+
+  Both are reductions over the stacked taps (XLA reads the taps inside the reduction and stores only the results);
+  as a chain of selects, the tap index was recomputed inside the backward pass's fusion for every tap it routes.
+  """
   xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
   counts = [(n - w) // s + 1 for n, w, s in zip(xp.shape[1:-1], window, strides)]
-  taps = _tap_slices(xp, lambda tap: tap, window, strides, counts)
-  best = next(taps)
-  argmax = jnp.zeros(best.shape, jnp.int8 if np.prod(window) < 128 else jnp.int32)
-  for t, value in enumerate(taps, start=1):  # strictly greater: ties keep the earlier tap, as `ge` selection does
-    better = value > best
-    best = jnp.where(better, value, best)
-    argmax = jnp.where(better, jnp.asarray(t, argmax.dtype), argmax)
-  return best, (argmax, xp.shape)
+  taps = jnp.stack(list(_tap_slices(xp, lambda tap: tap, window, strides, counts)))
+  index_dtype = jnp.int8 if np.prod(window) < 128 else jnp.int32
+  return jnp.max(taps, axis=0), (jnp.argmax(taps, axis=0).astype(index_dtype), xp.shape)  # argmax: first maximum
 
 
 def _max_pool_bwd(window, strides, padding, residuals, g):

@@ -32,7 +32,12 @@ CONVS = [  # (kwargs, input shape); channels 4 take the space-to-depth path when
     (dict(kernel_size=(3, 3), strides=2, feature_group_count=3, padding="SAME"), (2, 9, 10, 3)),
     (dict(kernel_size=(3, 3), input_dilation=2, padding=1), (2, 6, 7, 5)),
     (dict(kernel_size=(3, 3), input_dilation=(2, 3), strides=2, padding=((1, 0), (0, 2))), (2, 6, 7, 5)),
-    (dict(kernel_size=(1, 1), strides=2, use_bias=False), (2, 9, 10, 5)),
+    (dict(kernel_size=(1, 1), strides=2, use_bias=False), (2, 9, 10, 5)),  # pointwise: a matrix product
+    (dict(kernel_size=(1, 1)), (2, 9, 10, 5)),
+    (dict(kernel_size=(1, 1), padding="VALID", strides=(1, 3)), (3, 7, 9, 6)),
+    (dict(kernel_size=(1, 1), padding=1), (2, 5, 6, 4)),  # padded: a convolution, not the matrix product
+    (dict(kernel_size=(1, 1), feature_group_count=2), (2, 5, 6, 4)),
+    (dict(kernel_size=(1,)), (2, 11, 4)),  # 1-D pointwise
     (dict(kernel_size=(3, 3), padding="CIRCULAR"), (2, 9, 10, 5)),
     (dict(kernel_size=(3, 3), padding="REFLECT"), (2, 9, 10, 5)),
     (dict(kernel_size=(3,), strides=2, padding="VALID"), (2, 11, 4)),  # 1-D
@@ -126,9 +131,10 @@ class LayersTest(chex.TestCase):
   @parameterized.parameters(
       (2, dict(strides=(1, 1), padding=((2, 2), (2, 2)), input_dilation=(2, 2))),  # custom rule (and its own VJP)
       (2, dict(strides=(2, 2), padding=((1, 2), (0, 1)), input_dilation=(2, 1))),  # both: XLA's rule
-      (1, dict(strides=(2, 2), padding=((3, 3), (3, 3)))))  # few channels: space-to-depth, jax's own autodiff
-  def test_numerical_gradients(self, order, kwargs):
-    x, kernel = _inputs((1, 5, 6, 3)), _inputs((4, 4, 3, 2), 1)
+      (1, dict(strides=(2, 2), padding=((3, 3), (3, 3)))),  # few channels: space-to-depth, jax's own autodiff
+      (2, dict(strides=(2, 1), padding=((0, 0), (0, 0))), (1, 1)))  # pointwise: a matrix product
+  def test_numerical_gradients(self, order, kwargs, window=(4, 4)):
+    x, kernel = _inputs((1, 5, 6, 3)), _inputs((*window, 3, 2), 1)
     fn = lambda x, k: layers.conv_general_dilated(x, k, **kwargs)  # noqa: E731
     check_grads(fn, (x, kernel), order=order, modes=["rev"], atol=1e-2, rtol=1e-2)
 
@@ -176,6 +182,10 @@ def test_other_backends_lower_to_the_plain_operations():
                         for f, a in ((conv, kernel), (pool, x))] for platform in ("cpu", "cuda")}
   assert "dot_general" in lowered["cpu"][0] and "dot_general" not in lowered["cuda"][0]
   assert "select_and_scatter" not in lowered["cpu"][1] and "select_and_scatter" in lowered["cuda"][1]
+  pointwise = jax.jit(lambda x, k: layers.conv_general_dilated(x, k, strides=(1, 1), padding="VALID"))
+  lowered = {platform: jax.export.export(pointwise, platforms=[platform])(x, kernel[:1, :1]).mlir_module()
+             for platform in ("cpu", "cuda")}
+  assert "dot_general" in lowered["cpu"] and "dot_general" not in lowered["cuda"]
 
 
 def test_centernet_same_outputs_and_gradients_with_flax_layers(monkeypatch):
