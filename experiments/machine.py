@@ -30,7 +30,8 @@ def usable_cores() -> int:
 
 
 def describe() -> dict[str, Any]:
-  """Returns the machine as a dict: `cpu`, `cores`, `backend`, `device_kind`, `devices`, `processes`, versions.
+  """Returns the machine as a dict: `cpu`, `cores`, `backend`, `device_kind`, `devices`, `processes`, versions,
+  and `glibc_tunables` (the malloc settings: jaxdet/host_memory.py).
 
   Initialises JAX's backend: call it where the run's own computation happens, not in a parent process.
   """
@@ -39,7 +40,7 @@ def describe() -> dict[str, Any]:
   return {"cpu": cpu_model(), "cores": usable_cores(), "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
           "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-          "python": platform.python_version()}
+          "python": platform.python_version(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def summary(machine: Mapping[str, Any]) -> str:

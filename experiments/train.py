@@ -16,6 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxdet import host_memory  # noqa: E402
+
+if __name__ == "__main__":
+  host_memory.use_huge_pages()  # starts the program over with glibc's huge-page tunable (jaxdet/host_memory.py)
+
 import jax  # noqa: E402
 from absl import app, logging  # noqa: E402
 

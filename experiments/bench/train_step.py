@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from jaxdet import host_memory  # noqa: E402
 from jaxdet.train.loop import build_model  # noqa: E402
 from jaxdet.train.optim import make_optimizer  # noqa: E402
 from jaxdet.train.state import create_train_state, train_step  # noqa: E402
@@ -177,4 +178,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.use_huge_pages()  # as experiments/train.py: both frameworks run with glibc's huge-page tunable
   app.run(main)
