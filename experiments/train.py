@@ -6,6 +6,8 @@
 The console shows the progress bar, the evaluation tables, warnings and errors; every INFO record of the libraries
 (checkpoint saves, data-set info, devices) goes to WORKDIR/log.txt (`--log_level=info` shows them too). The work
 directory also gets `config.json` and `machine.jsonl` (the machine of each start: CPU, cores, backend, versions).
+On glibc the program first starts over with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, so XLA:CPU's per-step scratch
+faults in as huge pages (jaxdet/host_memory.py; `JAXDET_HOST_MALLOC=default` leaves malloc as it is).
 """
 
 from __future__ import annotations
