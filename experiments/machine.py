@@ -21,26 +21,22 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def usable_cores() -> int:
-  """Returns the CPU cores this process may run on (its affinity mask where the OS has one)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def describe() -> dict[str, Any]:
   """Returns the machine as a dict: `cpu`, `cores`, `backend`, `device_kind`, `devices`, `processes`, versions,
-  and `glibc_tunables` (the malloc settings: jaxdet/host_memory.py).
+  `glibc_tunables` (the malloc settings: jaxdet/host_memory.py) and `xla_options` (jaxdet/xla_cpu.py's compiler
+  options for the run's steps, "" for XLA's defaults).
 
   Initialises JAX's backend: call it where the run's own computation happens, not in a parent process.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
-  return {"cpu": cpu_model(), "cores": usable_cores(), "backend": jax.default_backend(),
+  from jaxdet import xla_cpu  # pylint: disable=g-import-not-at-top
+  options = xla_cpu.compiler_options()
+  return {"cpu": cpu_model(), "cores": xla_cpu.usable_cpus(), "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
           "processes": jax.process_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-          "python": platform.python_version(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+          "python": platform.python_version(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+          "xla_options": " ".join(f"{k}={v}" for k, v in (options or {}).items())}
 
 
 def summary(machine: Mapping[str, Any]) -> str:

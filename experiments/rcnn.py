@@ -38,6 +38,7 @@ from absl import app, flags  # noqa: E402
 
 from experiments import flags as jflags  # noqa: E402
 from experiments import machine  # noqa: E402
+from jaxdet import xla_cpu  # noqa: E402
 from jaxdet.data.transforms import eval_transform  # noqa: E402
 from jaxdet.eval import format_summary  # noqa: E402
 from jaxdet.models.detector import init_detector  # noqa: E402
@@ -192,8 +193,8 @@ class Pipeline:
     start = ckpt.latest_step()
     if start is not None:
       state = ckpt.restore(start, state)
-    step_fn = jax.jit(functools.partial(_finetune_step, module=module, tx=tx, schedule=schedule),
-                      donate_argnums=0)
+    step_fn = xla_cpu.jit(functools.partial(_finetune_step, module=module, tx=tx, schedule=schedule),
+                          donate_argnums=0)
     writer = MetricWriter(self.workdir)
     progress = Progress(self.rc.finetune_steps, initial=int(state["step"]), desc="finetune")
     images = db["images"]

@@ -12,11 +12,12 @@ jaxdet's time per step over the peer's.
 
 Both frameworks use the CPUs the process may run on: `taskset -c 0 python ...` compares them on one core, which is
 robust on a shared machine (with two threads each, a busy machine stalls PyTorch's OpenMP barriers far more than XLA's
-thread pool, and the comparison measures the neighbours). Variants: `jaxdet` (the library as it is), `flax-conv` (the
-same step with flax.linen's `nn.Conv` / `nn.ConvTranspose` patched in for jaxdet's layers, i.e. the layers before issue
-13), `torch-eager` (NCHW), `torch-eager-cl` (channels_last), `torch-compile` (inductor; skipped with its error when it
-cannot build). Without torch only the jaxdet variants run. `--device=gpu` runs the same on the first accelerator (torch
-on CUDA).
+thread pool, and the comparison measures the neighbours). Variants: `jaxdet` (the library as it is, compiled with
+`jaxdet.xla_cpu`'s options as the train loop is), `jaxdet-xla-defaults` (the same step with XLA:CPU's default YNNPACK
+fusions), `flax-conv` (the same step with flax.linen's `nn.Conv` / `nn.ConvTranspose` patched in for jaxdet's layers,
+i.e. the layers before issue 13), `torch-eager` (NCHW), `torch-eager-cl` (channels_last), `torch-compile` (inductor;
+skipped with its error when it cannot build). Without torch only the jaxdet variants run. `--device=gpu` runs the same
+on the first accelerator (torch on CUDA).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jaxdet import host_memory  # noqa: E402
+from jaxdet import host_memory, xla_cpu  # noqa: E402
 from jaxdet.train.loop import build_model  # noqa: E402
 from jaxdet.train.optim import make_optimizer  # noqa: E402
 from jaxdet.train.state import create_train_state, train_step  # noqa: E402
@@ -44,8 +45,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "images per step")
 _SIZE = flags.DEFINE_integer("image_size", 128, "square image side")
 _STEPS = flags.DEFINE_integer("steps", 10, "steps per timed round")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "timed rounds of each variant, interleaved")
-_VARIANTS = flags.DEFINE_list("variants", ["jaxdet", "flax-conv", "torch-eager", "torch-eager-cl", "torch-compile"],
-                              "what to time")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["jaxdet", "jaxdet-xla-defaults", "flax-conv", "torch-eager", "torch-eager-cl", "torch-compile"],
+    "what to time")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype of the jaxdet model (float32 | bfloat16)")
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where both frameworks run")
 _CONFIG = "experiments/configs/centernet_shapes.py"
@@ -96,8 +98,12 @@ def flax_conv_layers():
   return swap()
 
 
-def jax_step(config, batch, *, flax_convs: bool):
-  """Returns `(run(n) -> seconds for n steps, num_params, targets)` for the jitted jaxdet train step."""
+def jax_step(config, batch, *, flax_convs: bool, xla_defaults: bool = False):
+  """Returns `(run(n) -> seconds for n steps, num_params, targets)` for the jitted jaxdet train step.
+
+  The step is compiled with `jaxdet.xla_cpu.compiler_options()`, as the train loop compiles it, or with XLA's
+  defaults when `xla_defaults`.
+  """
   import contextlib  # pylint: disable=import-outside-toplevel
   detector = build_model(config, num_classes=5)
   tx, schedule = make_optimizer(config.optim, config.total_steps)
@@ -107,7 +113,7 @@ def jax_step(config, batch, *, flax_convs: bool):
     step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0)
     batch = jax.device_put(batch)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch).compile(None if xla_defaults else xla_cpu.compiler_options())
   compile_s = time.perf_counter() - start
   holder = [state]
 
@@ -135,11 +141,13 @@ def main(argv):
   print(f"{platform.processor() or platform.machine()}, {cpus}, {jax.devices()[0].device_kind} "
         f"({jax.devices()[0].platform}), jax {jax.__version__}; batch {_BATCH.value}, {_SIZE.value}^2, "
         f"{_STEPS.value} steps x {_ROUNDS.value} rounds, jaxdet dtype {_DTYPE.value}")
+  print(f"jaxdet's XLA options: {xla_cpu.compiler_options() or 'defaults (' + str(xla_cpu.skip_reason()) + ')'}")
 
   runners, targets = {}, None
   for name in _VARIANTS.value:
-    if name in ("jaxdet", "flax-conv"):
-      run, num_params, targets, compile_s = jax_step(config, batch, flax_convs=name == "flax-conv")
+    if name in ("jaxdet", "jaxdet-xla-defaults", "flax-conv"):
+      run, num_params, targets, compile_s = jax_step(config, batch, flax_convs=name == "flax-conv",
+                                                     xla_defaults=name == "jaxdet-xla-defaults")
       runners[name] = run
       print(f"{name}: {num_params:,} parameters, compile {compile_s:.1f} s")
   torch_variants = [v for v in _VARIANTS.value if v.startswith("torch")]

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxdet import xla_cpu
 from jaxdet.data.loader import Loader
 from jaxdet.data.source import DetectionSource, to_original_frame
 from jaxdet.eval import CocoEvaluator, plot_pr_curves
@@ -24,7 +25,7 @@ def make_predict_fn(detector: Detector, *, flip_test: bool = False):
 
   `predict.fields` names the batch fields it reads: `image` and the detector's `inputs`.
   """
-  jitted = jax.jit(functools.partial(predict_step, detector=detector, flip_test=flip_test))
+  jitted = xla_cpu.jit(functools.partial(predict_step, detector=detector, flip_test=flip_test))
   fields = ("image", *detector.inputs)
 
   def predict(variables, batch):

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxdet import xla_cpu
 from jaxdet.models import build_detector
 from jaxdet.models.detector import Detector, init_detector
 from jaxdet.train import inputs
@@ -89,8 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return train_step(state, batch, detector=detector, tx=tx, schedule=schedule, alter=alter)
 
   # Two programs when the detector alters a fraction of the batches (SAT): the choice is made per step on the host.
-  step_fn = jax.jit(augment_and_step, static_argnums=2, donate_argnums=0,
-                    out_shardings=(replicated(mesh), replicated(mesh)))
+  step_fn = xla_cpu.jit(augment_and_step, static_argnums=2, donate_argnums=0,
+                        out_shardings=(replicated(mesh), replicated(mesh)))
   predict_fn = make_predict_fn(detector, flip_test=config.get("flip_test", False))
 
   progress = Progress(config.total_steps, initial=int(state.step), enabled=is_main)
