@@ -136,6 +136,7 @@ ABSENT_MEANS = {
     "data.cache_dir": "",
     "data.cache_size": 0,
     "data.read_threads": 1,
+    "data.keep_decoded_mib": 1024,   # jaxdet/data/memoized.py: the same batches with any budget
     "model.passthrough": False,      # yolov1_shapes: YOLOv1 without YOLOv2's passthrough (YOLOv2 sets it True)
     "model.shared_head": False,      # yolov1_shapes: the paper's fully connected head
     "model.sigmoid_xy": False,       # yolov1_shapes: YOLOv1's linear (x, y)

@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.multiscale_sizes = ()
   c.data.multiscale_period = 10
   c.data.worker_count = 0
+  # The host pipeline keeps each decoded training example in memory up to this many MiB (0: read every epoch);
+  # the batches are the same either way (jaxdet/data/memoized.py).
+  c.data.keep_decoded_mib = 1024
   c.data.eval_resize = "letterbox"
   # Augment on the device inside the train step (jaxdet/data/device_augment.py); the host then only gathers uint8
   # images from a decoded cache (jaxdet/data/cache.py), saved in cache_dir ("" = memory only) at cache_size

@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.multiscale_sizes = ()
   c.data.multiscale_period = 10
   c.data.worker_count = 0
+  c.data.keep_decoded_mib = 1024  # decoded training examples kept in memory (jaxdet/data/memoized.py); 0: off
   c.data.eval_resize = "letterbox"
   c.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, scale_range=(), brightness=0.0, contrast=0.0,
                                                   saturation=0.0, hue=0.0, lighting=0.0))

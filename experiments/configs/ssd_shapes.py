@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.multiscale_sizes = ()
   c.data.multiscale_period = 10
   c.data.worker_count = 0
+  c.data.keep_decoded_mib = 1024  # decoded training examples kept in memory (jaxdet/data/memoized.py); 0: off
   c.data.eval_resize = "resize"  # SSD warps every image to its square input
   c.data.pipeline = "ssd"  # jaxdet.data.transforms.SSDAugment
   c.data.augment = ml_collections.ConfigDict(dict(

@@ -4,7 +4,9 @@ With `config.data.device_augment` the training loader only gathers fixed-size ui
 (`jaxdet.data.cache`; `config.data.cache_dir` saves it for the next run, `config.data.cache_size` sets its image
 size, default `image_size`; `config.data.read_threads` threads gather, `worker_count` is not used) and
 `device_augment(config)` is the augmentation the train step applies on device (`jaxdet.data.device_augment`).
-Off by default: the host pipeline of `jaxdet.data.loader`.
+Off by default: the host pipeline of `jaxdet.data.loader`, over a `jaxdet.data.memoized.MemoizedSource` that keeps
+each decoded training example in memory up to `config.data.keep_decoded_mib` MiB (default 1024; 0: read and decode
+every epoch) — the same batches either way, without the read and decode after the first epoch.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import jax
 from jaxdet.data.cache import build_cache, make_cached_loader
 from jaxdet.data.device_augment import augment_batch, check_supported
 from jaxdet.data.loader import Loader, make_loader
+from jaxdet.data.memoized import MemoizedSource
 from jaxdet.data.source import DetectionSource
 from jaxdet.data.transforms import Augment, SSDAugment
 
+DEFAULT_KEEP_DECODED_MIB = 1024
 PIPELINES = {"centernet": Augment, "ssd": SSDAugment}  # config.data.pipeline -> the options of its augmentation
 
 
@@ -115,7 +119,8 @@ def device_augment(config: Any) -> Callable[[dict[str, jax.Array]], dict[str, ja
 def train_loader(config: Any, source: DetectionSource) -> Loader:
   """Returns this host's training loader: `config.batch_size` is the global batch over all hosts.
 
-  With `config.data.device_augment`, the cached loader of un-augmented uint8 images (module docstring).
+  With `config.data.device_augment`, the cached loader of un-augmented uint8 images; otherwise `make_loader` over
+  the source with its decoded examples kept (`config.data.keep_decoded_mib`; module docstring).
   """
   data = config.data
   augment = train_augment(config)
@@ -125,6 +130,9 @@ def train_loader(config: Any, source: DetectionSource) -> Loader:
                         fill=augment.fill, directory=data.get("cache_dir") or None)
     return make_cached_loader(cache, batch_size=_per_host(config.batch_size, "config.batch_size"),
                               seed=config.seed, read_threads=data.get("read_threads", 1))
+  keep_mib = data.get("keep_decoded_mib", DEFAULT_KEEP_DECODED_MIB)
+  if keep_mib > 0:
+    source = MemoizedSource(source, max_bytes=int(keep_mib * 2**20))
   return make_loader(source, batch_size=_per_host(config.batch_size, "config.batch_size"),
                      image_size=data.image_size, train=True, max_boxes=data.max_boxes, seed=config.seed,
                      augment=augment, mosaic_prob=data.get("mosaic_prob", 0.0),

@@ -64,3 +64,28 @@ def test_global_batch_must_divide_over_devices():
   if jax.device_count() > 1:
     with pytest.raises(ValueError, match="not divisible"):
       inputs.train_loader(c, source())
+
+
+def test_train_loader_keeps_decoded_examples_without_changing_the_batches():
+  class Counting(ListSource):
+    reads = 0
+
+    def __getitem__(self, index):
+      Counting.reads += 1
+      return super().__getitem__(index)
+
+  c = config(flip_prob=0.5, scale_range=(0.6, 1.3), brightness=0.2, contrast=0.0, saturation=0.0, lighting=0.0)
+  src = source()
+  runs, reads = [], []
+  for keep_mib in (0, 1):
+    c.data.keep_decoded_mib = keep_mib
+    Counting.reads = 0
+    it = iter(inputs.train_loader(c, Counting([src[i] for i in range(len(src))], src.class_names)))
+    runs.append([next(it) for _ in range(20)])  # 40 images: ten epochs of the 4
+    it.close()
+    reads.append(Counting.reads)
+  # Kept: each example is read in the first epoch (twice at most, when grain's read-ahead threads ask for it at once).
+  assert reads[0] >= 40 and 4 <= reads[1] <= 8
+  for plain, kept in zip(*runs):
+    for key in plain:
+      np.testing.assert_array_equal(plain[key], kept[key], err_msg=key)
