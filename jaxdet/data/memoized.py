@@ -20,20 +20,20 @@ the device-side augmentation: this one changes nothing, it only remembers.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from jaxdet.data.source import DetectionSource, Example
+from jaxdet.data.source import DetectionSource, Example, WrappedSource
 
 
-class MemoizedSource(DetectionSource):
+class MemoizedSource(WrappedSource):
   """`source` with each example kept after its first read, up to `max_bytes` of arrays (module docstring)."""
 
   def __init__(self, source: DetectionSource, *, max_bytes: int):
     if max_bytes < 0:
       raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-    self.source = source
+    super().__init__(source)
     self.max_bytes = int(max_bytes)
     self._init_memo()
 
@@ -59,9 +59,6 @@ class MemoizedSource(DetectionSource):
     """Bytes of the kept examples' arrays."""
     return self._kept_bytes
 
-  def __len__(self) -> int:
-    return len(self.source)
-
   def __getitem__(self, index: int) -> Example:
     index = range(len(self.source))[index]  # negative indices as the source's; IndexError past the end
     example = self._kept.get(index)
@@ -76,14 +73,3 @@ class MemoizedSource(DetectionSource):
           self._kept[index] = example
           self._kept_bytes += size
     return dict(example)
-
-  @property
-  def class_names(self) -> Sequence[str]:
-    return self.source.class_names
-
-  @property
-  def category_ids(self) -> Sequence[int]:
-    return self.source.category_ids
-
-  def coco_ground_truth(self) -> Mapping[str, Any]:
-    return self.source.coco_ground_truth()

@@ -137,3 +137,25 @@ class ListSource(DetectionSource):
   @property
   def class_names(self) -> Sequence[str]:
     return self._class_names
+
+
+class WrappedSource(DetectionSource):
+  """Base of a source that changes or remembers the examples of `source` (`__getitem__`) and delegates the rest:
+  its length, class names, category ids and COCO ground truth."""
+
+  def __init__(self, source: DetectionSource):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self.source.class_names
+
+  @property
+  def category_ids(self) -> Sequence[int]:
+    return self.source.category_ids
+
+  def coco_ground_truth(self) -> Mapping[str, Any]:
+    return self.source.coco_ground_truth()

@@ -11,15 +11,15 @@ transforms map proposals like boxes but clip instead of dropping them (`jaxdet.d
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from jaxdet.data.source import DetectionSource, Example
+from jaxdet.data.source import DetectionSource, Example, WrappedSource
 from jaxdet.proposals.cache import cached_proposals, proposal_cache_path
 
 
-class ProposalSource(DetectionSource):
+class ProposalSource(WrappedSource):
   """`source` with the top `num_proposals` proposals of each image from cache `arrays` (see `proposals.cache`).
 
   Every image of `source` must be in the cache; a missing one raises KeyError naming the image id and `path`.
@@ -29,7 +29,7 @@ class ProposalSource(DetectionSource):
                path: str = "<memory>"):
     if num_proposals <= 0:
       raise ValueError(f"num_proposals must be positive, got {num_proposals}")
-    self.source = source
+    super().__init__(source)
     self.num_proposals = int(num_proposals)
     self.path = path
     counts = np.asarray(arrays["counts"], np.int64)
@@ -46,9 +46,6 @@ class ProposalSource(DetectionSource):
     start, stop = self._rows[int(image_id)]
     return self._boxes[start:stop]
 
-  def __len__(self) -> int:
-    return len(self.source)
-
   def __getitem__(self, index: int) -> Example:
     example = self.source[index]
     boxes = self.proposals_of(int(example["image_id"]))
@@ -57,17 +54,6 @@ class ProposalSource(DetectionSource):
     example["proposals"] = padded
     example["proposal_valid"] = np.arange(self.num_proposals) < len(boxes)
     return example
-
-  @property
-  def class_names(self) -> Sequence[str]:
-    return self.source.class_names
-
-  @property
-  def category_ids(self) -> Sequence[int]:
-    return self.source.category_ids
-
-  def coco_ground_truth(self) -> Mapping[str, Any]:
-    return self.source.coco_ground_truth()
 
 
 def dataset_key(data: Any) -> str:
