@@ -52,7 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.image_size = 128
   c.data.max_boxes = 16
   c.data.worker_count = 0
-  c.data.keep_decoded_mib = 1024  # decoded training examples kept in memory (jaxdet/data/memoized.py); 0: off
   c.data.eval_resize = "letterbox"
   c.data.proposals = ml_collections.ConfigDict(dict(method="selective_search", mode="fast", k_scale="linear",
                                                     num=300, workers=-1, dir=""))
