@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from jaxdet import host_memory, xla_cpu  # noqa: E402
+from jaxdet.models.layers import flax_layers  # noqa: E402
 from jaxdet.train.loop import build_model  # noqa: E402
 from jaxdet.train.optim import make_optimizer  # noqa: E402
 from jaxdet.train.state import create_train_state, train_step  # noqa: E402
@@ -76,28 +77,6 @@ def synthetic_batch(batch_size: int, size: int, max_boxes: int, seed: int = 0) -
           "crowd": np.zeros((batch_size, max_boxes), bool)}
 
 
-def flax_conv_layers():
-  """Context that swaps flax.linen's `Conv`, `ConvTranspose`, `max_pool` in for jaxdet's layers in the models."""
-  import contextlib  # pylint: disable=import-outside-toplevel
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from jaxdet.models.backbones import resnet  # pylint: disable=import-outside-toplevel
-  from jaxdet.models.heads import centernet as head  # pylint: disable=import-outside-toplevel
-  from jaxdet.models.necks import deconv  # pylint: disable=import-outside-toplevel
-
-  @contextlib.contextmanager
-  def swap():
-    saved = [(m, name, getattr(m, name)) for m in (resnet, head, deconv)
-             for name in ("Conv", "ConvTranspose", "max_pool") if hasattr(m, name)]
-    for m, name, _ in saved:
-      setattr(m, name, getattr(nn, name))
-    try:
-      yield
-    finally:
-      for m, name, value in saved:
-        setattr(m, name, value)
-  return swap()
-
-
 def jax_step(config, batch, *, flax_convs: bool, xla_defaults: bool = False):
   """Returns `(run(n) -> seconds for n steps, num_params, targets)` for the jitted jaxdet train step.
 
@@ -107,7 +86,7 @@ def jax_step(config, batch, *, flax_convs: bool, xla_defaults: bool = False):
   import contextlib  # pylint: disable=import-outside-toplevel
   detector = build_model(config, num_classes=5)
   tx, schedule = make_optimizer(config.optim, config.total_steps)
-  context = flax_conv_layers() if flax_convs else contextlib.nullcontext()
+  context = flax_layers() if flax_convs else contextlib.nullcontext()
   with context:
     state = create_train_state(detector, tx, image_shape=(_SIZE.value, _SIZE.value), seed=0)
     step = jax.jit(functools.partial(train_step, detector=detector, tx=tx, schedule=schedule), donate_argnums=0)

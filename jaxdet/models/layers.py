@@ -28,9 +28,11 @@ Every other convolution is `lax.conv_general_dilated` itself: XLA:CPU's gradient
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
@@ -397,3 +399,24 @@ def max_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
   plain = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),  # noqa: E731
                                      ((0, 0), *padding, (0, 0)))
   return restore(lax.platform_dependent(x, cpu=lambda x: _max_pool(x, window, strides, padding), default=plain))
+
+
+@contextlib.contextmanager
+def flax_layers() -> Iterator[list[str]]:
+  """A context in which jaxdet's models build flax.linen's `Conv`, `ConvTranspose` and `max_pool` instead of these.
+
+  For comparisons (the train-step benchmarks, tests): the parameters are the same, so one set of variables runs in
+  both. Rebinds the names in every imported `jaxdet.models` module that took them from this one, for modules
+  built and traced inside the context (not thread-safe); yields the rebound `module.name`s.
+  """
+  ours = {"Conv": Conv, "ConvTranspose": ConvTranspose, "max_pool": max_pool}
+  swapped = [(module, name) for module_name, module in list(sys.modules.items())
+             if module_name.startswith("jaxdet.models.") and module is not sys.modules[__name__]
+             for name, layer in ours.items() if getattr(module, name, None) is layer]
+  for module, name in swapped:
+    setattr(module, name, getattr(nn, name))
+  try:
+    yield [f"{module.__name__}.{name}" for module, name in swapped]
+  finally:
+    for module, name in swapped:
+      setattr(module, name, ours[name])

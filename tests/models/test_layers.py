@@ -188,14 +188,17 @@ def test_other_backends_lower_to_the_plain_operations():
   assert "dot_general" in lowered["cpu"] and "dot_general" not in lowered["cuda"]
 
 
-def test_centernet_same_outputs_and_gradients_with_flax_layers(monkeypatch):
+def _perturbed(variables):
+  return jax.tree.map(lambda v: v + _inputs(v.shape, 1) * 0.05, variables)  # every path carries signal
+
+
+def test_centernet_same_outputs_and_gradients_with_flax_layers():
   model = CenterNet(num_classes=3, depth=18, width=8, neck_features=(16, 8, 8), skip_connections=True,
                     head_features=8)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), jnp.uint8)
 
   def run():
-    variables = model.init(jax.random.PRNGKey(0), images)
-    variables = jax.tree.map(lambda v: v + _inputs(v.shape, 1) * 0.05, variables)  # every path carries signal
+    variables = _perturbed(model.init(jax.random.PRNGKey(0), images))
 
     def loss(params):
       outputs, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
@@ -205,11 +208,76 @@ def test_centernet_same_outputs_and_gradients_with_flax_layers(monkeypatch):
     return variables, outputs, grads
 
   ours = run()
-  for module in (resnet, deconv, centernet_head):  # the same model built from flax.linen's layers
-    for name in ("Conv", "ConvTranspose", "max_pool"):
-      if hasattr(module, name):
-        monkeypatch.setattr(module, name, getattr(nn, name))
-  theirs = run()
+  with layers.flax_layers() as swapped:  # the same model built from flax.linen's layers
+    theirs = run()
+  assert {"jaxdet.models.backbones.resnet.Conv", "jaxdet.models.backbones.resnet.max_pool",
+          "jaxdet.models.necks.deconv.ConvTranspose", "jaxdet.models.heads.centernet.Conv"} <= set(swapped)
   chex.assert_trees_all_equal(ours[0], theirs[0])  # same parameter tree, names and initial values
   chex.assert_trees_all_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
   chex.assert_trees_all_close(ours[2], theirs[2], rtol=1e-3, atol=1e-3)
+  assert resnet.Conv is layers.Conv and deconv.ConvTranspose is layers.ConvTranspose  # restored on exit
+
+
+DETECTORS = {  # tiny versions of the detectors whose backbones, necks and heads are built from these layers
+    "ssd": dict(width=4, s_min=0.15),  # VGG (3x3 convolutions, 2x2 and 3x3 max-pools), dilated fc6, 1x1 extras
+    "retinanet": dict(width=8, fpn_features=16, head_features=16, min_level=2, max_level=6, anchor_base_scale=2.0),
+    "fcos": dict(width=8, fpn_features=16, head_features=16, num_groups=4, min_level=2, max_level=6,
+                 size_boundaries=(16, 32, 64, 128)),
+    "yolov2": dict(width=4, output_stride=16, anchors=np.array([[1.0, 1.5], [2.5, 2.0]])),  # Darknet-19's max-pools
+    "yolov4": dict(width=2, depths=(1, 1, 0, 0, 0),  # CSP-Darknet, SPP's stride-1 max-pools, SAM, PAN
+                   anchors=np.array([[6, 6], [8, 14], [14, 8], [16, 16], [14, 30], [30, 14], [32, 32], [30, 56],
+                                     [56, 30]], np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_detectors_same_outputs_and_gradients_with_flax_layers(name):
+  # Every detector's network, built from jaxdet's layers and from flax.linen's: the layers change how XLA:CPU
+  # computes, not what (issue 13). A smooth function of the raw outputs, not the detector's loss, is
+  # differentiated: YOLO's ignore masks and matching are discontinuous in the predictions, so float rounding can
+  # flip them (gradients then differ by 5% between two of XLA:CPU's own kernel choices for the same flax model).
+  from jaxdet.models import build_detector  # pylint: disable=import-outside-toplevel
+  from jaxdet.models.detector import apply_detector, init_detector  # pylint: disable=import-outside-toplevel
+  from tests.train.conftest import painted_batch  # pylint: disable=import-outside-toplevel
+  detector = build_detector(name, num_classes=2, **DETECTORS[name])
+  size = 128 if name == "yolov4" else 64  # batch norm over YOLOv4's 2 x 2 maps at 64^2 amplifies rounding 100x
+  batch = painted_batch(batch=2, size=size)
+  targets = detector.assign(batch)
+
+  def run():
+    variables = _perturbed(init_detector(detector, jax.random.PRNGKey(0), image_shape=(size, size)))
+
+    def loss(params):
+      outputs, _ = apply_detector(detector, {**variables, "params": params}, batch, train=True, targets=targets,
+                                  rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+      outputs = [o for o in jax.tree.leaves(outputs) if jnp.issubdtype(o.dtype, jnp.floating)]
+      return sum(jnp.sum(jnp.sin(o)) for o in outputs), outputs
+
+    (_, outputs), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return variables, outputs, grads
+
+  ours = run()
+  with layers.flax_layers():
+    theirs = run()
+  chex.assert_trees_all_equal(ours[0], theirs[0])  # same parameter tree, names and initial values
+  chex.assert_trees_all_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(theirs[2]))
+  # Tiny YOLOv4 (2-4 channels, a batch norm after every convolution, two images) amplifies rounding: its gradients
+  # differ by up to 0.2% of the largest one (the others by 1e-5); a wrong gradient rule is off by its whole size.
+  tolerance = 1e-2 if name == "yolov4" else 1e-4
+  chex.assert_trees_all_close(ours[2], theirs[2], rtol=1e-3, atol=tolerance * scale)
+
+
+def test_models_take_convolutions_and_max_pools_from_these_layers():
+  # flax.linen's Conv / ConvTranspose / max_pool in a model would miss the CPU remedies (a 1.2-2x slower step);
+  # other flax layers (ConvLocal, Dense, norms) are fine.
+  import ast  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  models = pathlib.Path(layers.__file__).parent
+  found = []
+  for path in sorted(models.rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if (isinstance(node, ast.Attribute) and node.attr in ("Conv", "ConvTranspose", "max_pool")
+          and isinstance(node.value, ast.Name) and node.value.id == "nn" and path.name != "layers.py"):
+        found.append(f"{path.relative_to(models)}:{node.lineno} nn.{node.attr}")
+  assert not found, f"use jaxdet.models.layers instead of flax.linen's: {found}"

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.cmbn import batch_norm
+from jaxdet.models.layers import Conv, max_pool
 
 # A layer is (channels at width 64 -- YOLOv1 -- or 32 -- Darknet-19, kernel, stride) or "M" (2x2 max pool).
 # YOLOv1 (Redmon et al. 2016, Figure 3): 24 convolutions; its last downsampling is the strided 3x3 convolution.
@@ -73,8 +74,8 @@ class ConvBNLeaky(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     k = self.kernel_size
-    x = nn.Conv(self.features, (k, k), strides=self.strides, padding=k // 2, use_bias=not self.batch_norm,
-                dtype=self.dtype, name="conv")(x)
+    x = Conv(self.features, (k, k), strides=self.strides, padding=k // 2, use_bias=not self.batch_norm,
+             dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
       x = batch_norm(self.cmbn, train=train, dtype=self.dtype)(x)
     if self.activation not in ACTIVATIONS:
@@ -118,7 +119,7 @@ class DarknetStack(nn.Module):
       if layer == "M":
         if i in keep:
           features[stride] = x
-          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+          x = max_pool(x, (2, 2), strides=(2, 2))
           stride *= 2
         continue
       channels, kernel, layer_stride = layer

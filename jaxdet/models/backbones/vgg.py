@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv, max_pool
+
 BLOCKS = (2, 2, 3, 3, 3)  # convolutions per block, VGG-16
 CHANNEL_MULTIPLIERS = (1, 2, 4, 8, 8)
 
@@ -38,10 +40,10 @@ class VGG(nn.Module):
     outputs = []
     for b, (num_convs, multiplier) in enumerate(zip(self.blocks, CHANNEL_MULTIPLIERS, strict=True)):
       if b > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
       for c in range(num_convs):
-        x = nn.Conv(self.width * multiplier, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype,
-                    name=f"conv{b + 1}_{c + 1}")(x)
+        x = Conv(self.width * multiplier, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype,
+                 name=f"conv{b + 1}_{c + 1}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                            name=f"bn{b + 1}_{c + 1}")(x)

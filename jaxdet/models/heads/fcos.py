@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxdet.models.group_norm import GroupNorm
 from jaxdet.models.heads.retinanet import HEAD_INIT, prior_bias
+from jaxdet.models.layers import Conv
 
 REGRESSION_ACTIVATIONS = ("relu", "exp")
 
@@ -49,8 +50,8 @@ class FCOSHead(nn.Module):
   def _tower(self, name: str) -> list[nn.Module]:
     layers = []
     for k in range(self.num_convs):
-      layers.append(nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT,
-                            name=f"{name}_conv{k}"))
+      layers.append(Conv(self.features, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT,
+                         name=f"{name}_conv{k}"))
       layers.append(GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name=f"{name}_gn{k}"))
     return layers
 
@@ -62,7 +63,7 @@ class FCOSHead(nn.Module):
       raise ValueError(f"FCOS head: {self.num_groups} groups do not divide {self.features} channels")
     if len(pyramid) != self.num_levels:
       raise ValueError(f"FCOS head built for {self.num_levels} levels got {len(pyramid)}")
-    conv = lambda n, name, bias_init=nn.initializers.zeros: nn.Conv(  # noqa: E731
+    conv = lambda n, name, bias_init=nn.initializers.zeros: Conv(  # noqa: E731
         n, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT, bias_init=bias_init, name=name)
     cls_tower, box_tower = self._tower("cls"), self._tower("box")
     cls_out = conv(self.num_classes, "cls_out", prior_bias(self.prior_prob))

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
+
 # The paper initialises every subnet convolution with a gaussian of std 0.01 and zero bias (sec. 4.1, "Initialization").
 HEAD_INIT = nn.initializers.normal(stddev=0.01)
 
@@ -43,11 +45,11 @@ class RetinaNetHead(nn.Module):
   dtype: Any = jnp.float32
 
   def _subnet(self, out: int, name: str, bias_init) -> list[nn.Module]:
-    conv = lambda n, name: nn.Conv(n, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT,  # noqa: E731
-                                   name=name)
+    conv = lambda n, name: Conv(n, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT,  # noqa: E731
+                                name=name)
     layers = [conv(self.features, f"{name}_conv{k}") for k in range(self.num_convs)]
-    out_conv = nn.Conv(out, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT, bias_init=bias_init,
-                       name=f"{name}_out")
+    out_conv = Conv(out, (3, 3), padding=1, dtype=self.dtype, kernel_init=HEAD_INIT, bias_init=bias_init,
+                    name=f"{name}_out")
     return layers + [out_conv]
 
   @nn.compact

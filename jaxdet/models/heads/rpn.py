@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
 from jaxdet.ops.coders import encode_boxes
 from jaxdet.ops.losses import sigmoid_binary_cross_entropy, smooth_l1_loss, softmax_cross_entropy
 from jaxdet.ops.matching import FOREGROUND, IGNORE, match_rpn
@@ -42,10 +43,10 @@ class RPNHead(nn.Module):
 
   @nn.compact
   def __call__(self, maps: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    conv = nn.Conv(self.features, (3, 3), padding=1, kernel_init=_INIT, dtype=self.dtype, name="conv")
+    conv = Conv(self.features, (3, 3), padding=1, kernel_init=_INIT, dtype=self.dtype, name="conv")
     k = 2 if self.softmax else 1
-    cls = nn.Conv(self.num_anchors * k, (1, 1), kernel_init=_INIT, dtype=self.dtype, name="objectness")
-    box = nn.Conv(self.num_anchors * 4, (1, 1), kernel_init=_INIT, dtype=self.dtype, name="deltas")
+    cls = Conv(self.num_anchors * k, (1, 1), kernel_init=_INIT, dtype=self.dtype, name="objectness")
+    box = Conv(self.num_anchors * 4, (1, 1), kernel_init=_INIT, dtype=self.dtype, name="deltas")
     objectness, deltas = [], []
     for x in maps:
       y = nn.relu(conv(x))

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
+
 
 class SSDHead(nn.Module):
   """Returns `{"logits": [B, P, num_classes + 1], "deltas": [B, P, 4]}`, float32, over the priors of all maps.
@@ -31,9 +33,9 @@ class SSDHead(nn.Module):
     logits, deltas = [], []
     for k, (x, a) in enumerate(zip(sources, self.priors_per_cell)):
       b = x.shape[0]
-      c = nn.Conv(a * (self.num_classes + 1), (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
-                  name=f"cls{k}")(x)
-      d = nn.Conv(a * 4, (3, 3), padding=1, kernel_init=init, dtype=self.dtype, name=f"box{k}")(x)
+      c = Conv(a * (self.num_classes + 1), (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
+               name=f"cls{k}")(x)
+      d = Conv(a * 4, (3, 3), padding=1, kernel_init=init, dtype=self.dtype, name=f"box{k}")(x)
       logits.append(c.astype(jnp.float32).reshape(b, -1, self.num_classes + 1))
       deltas.append(d.astype(jnp.float32).reshape(b, -1, 4))
     return {"logits": jnp.concatenate(logits, axis=1), "deltas": jnp.concatenate(deltas, axis=1)}

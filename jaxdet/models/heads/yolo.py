@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
+
 
 class YOLOv1Head(nn.Module):
   """Returns YOLOv1's predictions (layout above) from features `[B, S, S, C']`.
@@ -57,9 +59,9 @@ class YOLOv1Head(nn.Module):
       x = nn.leaky_relu(x, 0.1)
     if self.shared:
       if self.hidden:
-        x = nn.leaky_relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype, name="fc1")(x), 0.1)
+        x = nn.leaky_relu(Conv(self.hidden, (1, 1), dtype=self.dtype, name="fc1")(x), 0.1)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = nn.Conv(5 * nb + c, (1, 1), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
+      x = Conv(5 * nb + c, (1, 1), dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
     else:
       x = x.reshape(b, -1)
       if self.hidden:
@@ -89,5 +91,5 @@ class YOLOHead(nn.Module):
   @nn.compact
   def __call__(self, x) -> jnp.ndarray:
     b, h, w, _ = x.shape
-    x = nn.Conv(self.num_anchors * (5 + self.num_classes), (1, 1), dtype=self.dtype, name="conv")(x)
+    x = Conv(self.num_anchors * (5 + self.num_classes), (1, 1), dtype=self.dtype, name="conv")(x)
     return x.astype(jnp.float32).reshape(b, h, w, self.num_anchors, 5 + self.num_classes)

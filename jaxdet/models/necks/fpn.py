@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv
+
 EXTRA_KINDS = ("maxpool", "conv_c5", "conv_p5")
 
 
@@ -63,8 +65,8 @@ class FPN(nn.Module):
       raise ValueError(f"FPN levels {self.min_level}..{self.max_level} need backbone maps from level "
                        f"{self.min_level}; got levels {self.first_backbone_level}..{last_backbone_level}")
     top = min(self.max_level, last_backbone_level)
-    conv = lambda k, s, name: nn.Conv(self.features, (k, k), strides=s, padding=k // 2, dtype=self.dtype,  # noqa: E731
-                                      name=name)
+    conv = lambda k, s, name: Conv(self.features, (k, k), strides=s, padding=k // 2, dtype=self.dtype,  # noqa: E731
+                                   name=name)
     merged = None
     outputs = {}
     for level in range(top, self.min_level - 1, -1):

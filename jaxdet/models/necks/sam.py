@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.cmbn import batch_norm
+from jaxdet.models.layers import Conv
 
 
 class PointwiseAttention(nn.Module):
@@ -33,7 +34,7 @@ class PointwiseAttention(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     k = self.kernel_size
-    a = nn.Conv(x.shape[-1], (k, k), padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype, name="conv")(x)
+    a = Conv(x.shape[-1], (k, k), padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype, name="conv")(x)
     if self.batch_norm:
       a = batch_norm(self.cmbn, train=train, dtype=self.dtype)(a)
     return x * jax.nn.sigmoid(a).astype(x.dtype)

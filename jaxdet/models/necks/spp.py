@@ -14,13 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import max_pool
+
 
 def max_pool_same(x: jax.Array, size: int) -> jax.Array:
   """Returns `[B, H, W, C]`: the maximum of each cell's `size x size` neighbourhood (odd `size`, stride 1; cells
   outside the map do not count, darknet's maxpool with padding size - 1)."""
   if size % 2 != 1:
     raise ValueError(f"max_pool_same needs an odd size, got {size}")
-  return nn.max_pool(x, (size, size), strides=(1, 1), padding="SAME")
+  return max_pool(x, (size, size), strides=(1, 1), padding="SAME")
 
 
 class SPP(nn.Module):

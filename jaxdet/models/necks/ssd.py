@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.layers import Conv, max_pool
+
 # (1x1 channels, 3x3 channels, stride, padding), channels in multiples of the VGG width (64 in the paper).
 EXTRAS_300 = ((4, 8, 2, 1), (2, 4, 2, 1), (2, 4, 1, 0), (2, 4, 1, 0))
 EXTRAS_128 = ((4, 8, 2, 1), (2, 4, 2, 1), (2, 4, 2, 1))
@@ -106,8 +108,8 @@ class SSDNeck(nn.Module):
 
   def _conv(self, x, features: int, kernel: int, *, train: bool, name: str, stride: int = 1, padding: int = 0,
             dilation: int = 1):
-    x = nn.Conv(features, (kernel, kernel), strides=stride, padding=padding, kernel_dilation=dilation,
-                use_bias=not self.batch_norm, dtype=self.dtype, name=name)(x)
+    x = Conv(features, (kernel, kernel), strides=stride, padding=padding, kernel_dilation=dilation,
+             use_bias=not self.batch_norm, dtype=self.dtype, name=name)(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                        name=f"{name}_bn")(x)
@@ -119,7 +121,7 @@ class SSDNeck(nn.Module):
       raise ValueError(f"SSDNeck reads VGG's five block outputs, got {len(blocks)} maps")
     conv4_3, conv5_3 = blocks[3], blocks[4]
     sources = [L2Norm(dtype=self.dtype, name="conv4_3_norm")(conv4_3) if self.l2_norm else conv4_3]
-    x = nn.max_pool(conv5_3, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))  # pool5
+    x = max_pool(conv5_3, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))  # pool5
     fc = FC_MULTIPLIER * self.width
     x = self._conv(x, fc, 3, train=train, name="fc6", padding=self.fc6_dilation, dilation=self.fc6_dilation)
     x = self._conv(x, fc, 1, train=train, name="fc7")
