@@ -24,6 +24,10 @@ Every other convolution is `lax.conv_general_dilated` itself: XLA:CPU's gradient
 (patches + matrix products were 1.5-2x slower at CenterNet's shapes). These are CPU remedies: on other backends
 (cuDNN, TPU) the layers run the plain XLA operations, chosen when the computation is lowered
 (`lax.platform_dependent`), so a GPU step is flax's.
+
+Every backbone, neck and head in `jaxdet.models` builds its convolutions and max-pools from here (a test checks
+that none uses flax's); `flax_layers()` rebuilds them from flax.linen's, for comparisons
+(`experiments/bench/detector_steps.py`).
 """
 
 from __future__ import annotations
