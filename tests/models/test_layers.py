@@ -17,7 +17,6 @@ import pytest
 from jaxdet.models import layers
 from jaxdet.models.backbones import resnet
 from jaxdet.models.detectors.centernet import CenterNet
-from jaxdet.models.heads import centernet as centernet_head
 from jaxdet.models.necks import deconv
 
 CONVS = [  # (kwargs, input shape); channels 4 take the space-to-depth path when strided
