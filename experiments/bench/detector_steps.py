@@ -93,7 +93,7 @@ def main(argv):
   print(f"{platform.processor() or platform.machine()}, {cpus}, jax {jax.__version__}; XLA options "
         f"{xla_cpu.compiler_options() or 'defaults (' + str(xla_cpu.skip_reason()) + ')'}; "
         f"{_STEPS.value} steps x {_ROUNDS.value} rounds per variant")
-  print(f"\n{'config':<24} {'batch':>5} {'size':>5}  {'jaxdet img/s best/median':>25}  {'flax img/s best/median':>23}"
+  print(f"\n{'config':<24} {'batch':>5} {'size':>7}  {'jaxdet img/s best/median':>25}  {'flax img/s best/median':>23}"
         f"  {'time ratio (best)':>17}  first step's metrics: largest relative difference")
   for name in _CONFIGS.value:
     config = load_config(name)
@@ -112,11 +112,11 @@ def main(argv):
     rates = {"jaxdet": [], "flax": []}
     for _ in range(_ROUNDS.value):
       for variant, run in (("jaxdet", ours), ("flax", theirs)):
-        rates[variant].append(config.batch_size * _STEPS.value / run(_STEPS.value))
+        rates[variant].append(batch["image"].shape[0] * _STEPS.value / run(_STEPS.value))
     best = {k: max(v) for k, v in rates.items()}
     med = {k: statistics.median(v) for k, v in rates.items()}
-    size = config.data.image_size
-    print(f"{name:<24} {config.batch_size:>5} {str(size):>5}  {best['jaxdet']:>12.1f} / {med['jaxdet']:<10.1f}  "
+    size = "x".join(map(str, batch["image"].shape[1:3]))  # the batch's own (multi-scale configs draw one per batch)
+    print(f"{name:<24} {batch['image'].shape[0]:>5} {size:>7}  {best['jaxdet']:>12.1f} / {med['jaxdet']:<10.1f}  "
           f"{best['flax']:>10.1f} / {med['flax']:<10.1f}  {best['flax'] / best['jaxdet']:>17.2f}"
           f"  {difference:.1e}", flush=True)
 
