@@ -23,13 +23,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 from absl import app, flags
 import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jaxdet import host_memory, xla_cpu  # noqa: E402
@@ -38,6 +38,7 @@ from jaxdet.train import inputs  # noqa: E402
 from jaxdet.train.loop import MODEL_KEYS, build_model  # noqa: E402
 from jaxdet.train.optim import make_optimizer  # noqa: E402
 from jaxdet.train.state import create_train_state, train_step  # noqa: E402
+from timing import step_runner  # noqa: E402
 
 PROTOCOL_CONFIGS = ("centernet_shapes", "fast_rcnn_shapes", "faster_rcnn_shapes", "faster_rcnn_fpn_shapes",
                     "retinanet_shapes", "fcos_shapes", "ssd_shapes", "yolov1_shapes", "yolov2_shapes",
@@ -73,17 +74,8 @@ def compiled_step(config, detector, batch, *, flax: bool):
                        donate_argnums=0)
     compiled = step.lower(state, batch).compile()
   params = jax.device_get(state.params)
-  holder = [state]
-
-  def run(n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-      holder[0], metrics = compiled(holder[0], batch)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - start
-
-  holder[0], first = compiled(holder[0], batch)
-  return run, jax.device_get(first), params
+  state, first = compiled(state, batch)
+  return step_runner(compiled, state, batch), jax.device_get(first), params
 
 
 def main(argv):

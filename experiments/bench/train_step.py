@@ -41,6 +41,7 @@ from jaxdet.models.layers import flax_layers  # noqa: E402
 from jaxdet.train.loop import build_model  # noqa: E402
 from jaxdet.train.optim import make_optimizer  # noqa: E402
 from jaxdet.train.state import create_train_state, train_step  # noqa: E402
+from timing import step_runner  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch_size", 16, "images per step")
 _SIZE = flags.DEFINE_integer("image_size", 128, "square image side")
@@ -94,15 +95,7 @@ def jax_step(config, batch, *, flax_convs: bool, xla_defaults: bool = False):
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile(None if xla_defaults else xla_cpu.compiler_options())
   compile_s = time.perf_counter() - start
-  holder = [state]
-
-  def run(n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-      holder[0], metrics = compiled(holder[0], batch)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - start
-
+  run = step_runner(compiled, state, batch)
   run(2)  # warm
   num_params = sum(p.size for p in jax.tree.leaves(state.params))
   targets = jax.device_get(jax.jit(detector.assign)(batch))
