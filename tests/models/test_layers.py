@@ -191,6 +191,10 @@ def _perturbed(variables):
   return jax.tree.map(lambda v: v + _inputs(v.shape, 1) * 0.05, variables)  # every path carries signal
 
 
+def _largest(tree):
+  return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree))
+
+
 def test_centernet_same_outputs_and_gradients_with_flax_layers():
   model = CenterNet(num_classes=3, depth=18, width=8, neck_features=(16, 8, 8), skip_connections=True,
                     head_features=8)
@@ -224,7 +228,7 @@ DETECTORS = {  # tiny versions of the detectors whose backbones, necks and heads
                  size_boundaries=(16, 32, 64, 128)),
     "yolov1": dict(width=4, output_stride=16, hidden=16),  # its Darknet: a 7x7/2 RGB stem, max-pools, 1x1 convs
     "yolov2": dict(width=4, output_stride=16, anchors=np.array([[1.0, 1.5], [2.5, 2.0]])),  # Darknet-19's max-pools
-    "yolov4": dict(width=2, depths=(1, 1, 0, 0, 0),  # CSP-Darknet, SPP's stride-1 max-pools, SAM, PAN
+    "yolov4": dict(width=4, depths=(1, 1, 0, 0, 0),  # CSP-Darknet, SPP's stride-1 max-pools, SAM, PAN
                    anchors=np.array([[6, 6], [8, 14], [14, 8], [16, 16], [14, 30], [30, 14], [32, 32], [30, 56],
                                      [56, 30]], np.float32)),
 }
@@ -260,12 +264,14 @@ def test_detectors_same_outputs_and_gradients_with_flax_layers(name):
   with layers.flax_layers():
     theirs = run()
   chex.assert_trees_all_equal(ours[0], theirs[0])  # same parameter tree, names and initial values
-  chex.assert_trees_all_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
-  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(theirs[2]))
-  # Tiny YOLOv4 (2-4 channels, a batch norm after every convolution, two images) amplifies rounding: its gradients
-  # differ by up to 0.2% of the largest one (the others by 1e-5); a wrong gradient rule is off by its whole size.
-  tolerance = 1e-2 if name == "yolov4" else 1e-4
-  chex.assert_trees_all_close(ours[2], theirs[2], rtol=1e-3, atol=tolerance * scale)
+  # Tolerances relative to the largest output and the largest gradient, with a margin of about ten over what two
+  # x86 CPUs measured (AMD EPYC, Intel Xeon with AVX-512, whose kernels round differently): a wrong forward or
+  # gradient rule is off by its whole size. Tiny YOLOv4 (4-8 channels, a batch norm after every convolution, two
+  # images) amplifies rounding most: outputs 8e-5 of the largest, gradients 2.5e-4 (at width 2, 5e-3); SSD's
+  # gradients 1e-4; the others 1e-5 or less.
+  output_tolerance, gradient_tolerance = (1e-3, 3e-3) if name == "yolov4" else (1e-4, 1e-3)
+  chex.assert_trees_all_close(ours[1], theirs[1], rtol=1e-4, atol=output_tolerance * _largest(theirs[1]))
+  chex.assert_trees_all_close(ours[2], theirs[2], rtol=1e-3, atol=gradient_tolerance * _largest(theirs[2]))
 
 
 def test_models_take_convolutions_and_max_pools_from_these_layers():
