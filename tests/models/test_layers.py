@@ -264,11 +264,11 @@ def test_detectors_same_outputs_and_gradients_with_flax_layers(name):
   with layers.flax_layers():
     theirs = run()
   chex.assert_trees_all_equal(ours[0], theirs[0])  # same parameter tree, names and initial values
-  # Tolerances relative to the largest output and the largest gradient, with a margin of about ten over what two
-  # x86 CPUs measured (AMD EPYC, Intel Xeon with AVX-512, whose kernels round differently): a wrong forward or
-  # gradient rule is off by its whole size. Tiny YOLOv4 (4-8 channels, a batch norm after every convolution, two
-  # images) amplifies rounding most: outputs 8e-5 of the largest, gradients 2.5e-4 (at width 2, 5e-3); SSD's
-  # gradients 1e-4; the others 1e-5 or less.
+  # Tolerances relative to the largest output and the largest gradient, with a margin of about ten over what an
+  # Intel Xeon with AVX-512 measured (its kernels round differently from the AMD EPYC's, which measured less): a
+  # wrong forward or gradient rule is off by its whole size. Tiny YOLOv4 (4-8 channels, a batch norm after every
+  # convolution, two images) amplifies rounding most: outputs 8e-5 of the largest, gradients 2.5e-4 (at width 2,
+  # 5e-3); SSD's gradients 1e-4; the others 1e-5 or less.
   output_tolerance, gradient_tolerance = (1e-3, 3e-3) if name == "yolov4" else (1e-4, 1e-3)
   chex.assert_trees_all_close(ours[1], theirs[1], rtol=1e-4, atol=output_tolerance * _largest(theirs[1]))
   chex.assert_trees_all_close(ours[2], theirs[2], rtol=1e-3, atol=gradient_tolerance * _largest(theirs[2]))
